@@ -1,0 +1,184 @@
+"""Every setting of every process, read from the environment with the prefix ``VF_``.
+
+One flat class keeps the README table and the code in step: a field here is a row there.
+Defaults are safe for a single laptop; production overrides them per Deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PROCESS_TOKEN = secrets.token_hex(2)
+
+
+def _default_models_dir() -> Path:
+    return Path.home() / ".cache" / "voicefleet" / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VF_", extra="ignore")
+
+    # --- services -------------------------------------------------------------------------
+    amqp_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL.")
+    amqp_heartbeat_s: int = Field(
+        10,
+        description="AMQP heartbeat (s) unless the URL sets one: how soon the broker notices a "
+        "process cut off by the network and hands its sessions and jobs to others (~2x this).",
+    )
+    namespace: str = Field(
+        "",
+        description="Prefix for every queue, exchange and Redis key; lets fleets (and tests) "
+        "share one broker and one Redis without seeing each other.",
+    )
+
+    # --- process identity, logs, metrics ---------------------------------------------------
+    worker_id: str = Field("", description="Name of this process in logs; default host-pid.")
+    log_level: str = Field("INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
+    log_json: bool = Field(True, description="JSON log lines (false: human-readable console).")
+    metrics_port: int = Field(
+        0,
+        description="Port of a worker's Prometheus /metrics endpoint; 0 disables it. "
+        "`voicefleet up` numbers its workers' ports from here (default 9101).",
+    )
+
+    # --- gateway ---------------------------------------------------------------------------
+    gateway_host: str = Field("127.0.0.1", description="Gateway bind address.")
+    gateway_port: int = Field(8000, description="Gateway HTTP/WebSocket port.")
+    max_frame_bytes: int = Field(
+        16000,
+        description="Largest binary audio frame accepted (bytes); 16000 = 0.5 s of 16 kHz PCM16.",
+    )
+    max_text_bytes: int = Field(4096, description="Largest text (JSON) message accepted (bytes).")
+    max_session_s: int = Field(
+        3600,
+        description="Longest allowed session (s); must stay below RabbitMQ's consumer_timeout.",
+    )
+    assign_timeout_s: float = Field(
+        10.0,
+        description="How long a new session waits for an STT worker before the client gets `busy`.",
+    )
+    auth_token: str = Field("", description="If set, clients must send this `token` in `start`.")
+
+    # --- sessions, turns, history -----------------------------------------------------------
+    history_turns: int = Field(10, description="Turns of conversation history kept per session.")
+    session_ttl_s: int = Field(
+        3600, description="How long an idle session's state (turn, history) lives in Redis (s)."
+    )
+    transcripts_max_age: str = Field(
+        "7D", description="Retention of the `vf.transcripts` stream (RabbitMQ x-max-age)."
+    )
+
+    # --- models ------------------------------------------------------------------------------
+    models_dir: Path = Field(
+        default_factory=_default_models_dir,
+        description="Where `voicefleet models` assembles the offline model files.",
+    )
+
+    # --- STT worker ----------------------------------------------------------------------------
+    stt_model: str = Field(
+        "",
+        description="faster-whisper model: a local directory or a hub id; "
+        "empty = the assembled Whisper base in models_dir.",
+    )
+    stt_device: str = Field("cpu", description="STT device: cpu or cuda.")
+    stt_compute_type: str = Field("int8", description="CTranslate2 compute type (int8, float16).")
+    stt_cpu_threads: int = Field(2, description="CPU threads for Whisper.")
+    stt_language: str = Field("en", description="Default transcription language.")
+    stt_max_sessions: int = Field(
+        8, description="Sessions one STT worker holds at once (its lease prefetch)."
+    )
+    stt_partial_interval_s: float = Field(
+        0.6, description="Minimum time between partial transcripts of one session (s)."
+    )
+    stt_window_s: float = Field(
+        6.0,
+        description="Longest stretch of not-yet-committed audio decoded for a partial (s); "
+        "older speech is committed at pauses or when the window fills.",
+    )
+    stt_end_silence_s: float = Field(
+        0.25, description="Silence after speech before Smart Turn is asked if the turn ended (s)."
+    )
+    stt_silence_timeout_s: float = Field(
+        1.2, description="Silence after which the turn ends even if Smart Turn disagrees (s)."
+    )
+    stt_turn_threshold: float = Field(
+        0.5, description="Smart Turn probability above which the user is done speaking."
+    )
+    stt_vad_threshold: float = Field(0.5, description="Silero VAD speech probability threshold.")
+    stt_idle_timeout_s: float = Field(
+        120.0,
+        description="An STT worker releases a held session after this long without audio (s).",
+    )
+
+    # --- LLM bridge ----------------------------------------------------------------------------
+    llm_url: str = Field(
+        "http://127.0.0.1:8081/v1",
+        description="OpenAI-compatible base URL (vLLM, llama.cpp server, a hosted API).",
+    )
+    llm_model: str = Field("smollm2", description="Model name sent to the chat endpoint.")
+    llm_api_key: str = Field("none", description="API key for the chat endpoint.")
+    llm_system_prompt: str = Field(
+        "You are a friendly voice assistant. Answer in one to three short spoken sentences. "
+        "Do not use lists, markdown or emoji.",
+        description="System prompt of every conversation.",
+    )
+    llm_max_tokens: int = Field(160, description="Longest reply (tokens).")
+    llm_temperature: float = Field(0.3, description="Sampling temperature.")
+    llm_concurrency: int = Field(8, description="Turns one LLM bridge streams at once.")
+    llm_first_clause_chars: int = Field(
+        24,
+        description="The first piece of a reply goes to TTS at a clause boundary once it has "
+        "this many characters, instead of waiting for the end of the sentence.",
+    )
+    llm_timeout_s: float = Field(60.0, description="Timeout of one chat request (s).")
+
+    # --- TTS worker ----------------------------------------------------------------------------
+    tts_provider: Literal["kokoro", "piper"] = Field(
+        "kokoro",
+        description="TTS provider: kokoro, or piper (one 22.05 kHz voice, any voice name).",
+    )
+    tts_voice: str = Field("af_heart", description="Default voice.")
+    tts_lang: str = Field("en-us", description="Language code for phonemization.")
+    tts_speed: float = Field(1.0, description="Speech rate.")
+    tts_concurrency: int = Field(2, description="Sentences one TTS worker synthesizes at once.")
+    tts_chunk_ms: int = Field(200, description="Size of one streamed audio chunk (ms).")
+    tts_model: str = Field(
+        "", description="Kokoro ONNX file; empty = the assembled one in models_dir."
+    )
+    tts_voices: str = Field(
+        "", description="Kokoro voices .npz; empty = the assembled one in models_dir."
+    )
+    tts_execution_provider: str = Field(
+        "CPUExecutionProvider",
+        description="onnxruntime execution provider for Kokoro (CUDAExecutionProvider on GPU).",
+    )
+
+    # --- delivery ------------------------------------------------------------------------------
+    max_deliveries: int = Field(
+        3, description="Attempts at one job before it is dead-lettered as poison."
+    )
+    drain_timeout_s: float = Field(
+        20.0,
+        description="On SIGTERM, how long a process may finish or hand back its work.",
+    )
+
+    def resolved_worker_id(self, role: str) -> str:
+        if self.worker_id:
+            return self.worker_id
+        # A restarted container often gets the same hostname and pid; the random part keeps it
+        # from colliding with its predecessor's exclusive queues before the broker drops those.
+        return f"{role}-{socket.gethostname()}-{os.getpid()}-{_PROCESS_TOKEN}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,297 @@
+"""Session state that must outlive any one process, in Redis.
+
+Per session: a hash (who opened it, when), the turn counter, and the conversation history.
+The turn counter is what cancels stale work: whoever bumps it also publishes a notice on one
+pub/sub channel, and every worker keeps a :class:`TurnWatch` that learns of it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio as redis
+import structlog
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from fleet.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def connect_redis(settings: Settings) -> redis.Redis:
+    # A blocking pool waits for a free connection under fan-out instead of raising.
+    # A command on a connection that a Redis restart broke is retried on a fresh one; while
+    # Redis is down, commands fail within about a second (refused, or the connect timeout).
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=64,
+        timeout=10,
+        decode_responses=True,
+        socket_connect_timeout=2.0,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One turn of conversation: what the user said and what the assistant actually spoke."""
+
+    user: str
+    assistant: str
+    interrupted: bool = False
+
+
+class SessionStore:
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.redis = client
+        self.settings = settings
+        ns = settings.namespace
+        self._prefix = f"{ns}:vf" if ns else "vf"
+
+    def _key(self, session_id: str, part: str) -> str:
+        return f"{self._prefix}:session:{session_id}:{part}"
+
+    @property
+    def turn_channel(self) -> str:
+        return f"{self._prefix}:turns"
+
+    async def open_session(self, session_id: str, gateway_id: str, stream_id: str) -> bool:
+        """Create the session or take it over with a new audio stream.
+
+        Returns True if the session already existed (a resume). The stream id recorded here is
+        the only one whose lease an STT worker may hold; older streams' leases lapse.
+        """
+        info = self._key(session_id, "info")
+        ttl = self.settings.session_ttl_s
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.exists(info)
+            pipe.hsetnx(info, "created", f"{time.time():.3f}")
+            pipe.hset(info, mapping={"gateway": gateway_id, "stream": stream_id})
+            pipe.expire(info, ttl)
+            pipe.expire(self._key(session_id, "turn"), ttl)
+            pipe.expire(self._key(session_id, "history"), ttl)
+            existed, *_ = await pipe.execute()
+        return bool(existed)
+
+    async def exists(self, session_id: str) -> bool:
+        return bool(await self.redis.exists(self._key(session_id, "info")))
+
+    async def current_stream(self, session_id: str) -> str | None:
+        stream = await cast(
+            Awaitable[str | None], self.redis.hget(self._key(session_id, "info"), "stream")
+        )
+        return stream or None
+
+    async def stream_ended(self, session_id: str, stream_id: str) -> bool:
+        """Whether the session is known and its current stream is another one (or none).
+
+        A session Redis does not know at all is *not* ended by this test: Redis may have
+        restarted without its data, and the gateway serving the session re-creates the record
+        (:meth:`keep_alive`); a stream that is truly gone stops sending audio, and its holder
+        releases it when the audio goes quiet.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(self._key(session_id, "info"))
+            pipe.hget(self._key(session_id, "info"), "stream")
+            known, stream = await pipe.execute()
+        return bool(known) and stream != stream_id
+
+    async def keep_alive(self, session_id: str, gateway_id: str, stream_id: str) -> bool:
+        """A live connection's session: refresh its TTL, and re-create its record if it is gone.
+
+        Never changes the stream of a record that exists (a newer connection of the session may
+        have taken it over). Returns True when the record had to be re-created.
+        """
+        info = self._key(session_id, "info")
+        recreated = await cast(
+            Awaitable[int],
+            self.redis.eval(
+                "local created = 0 "
+                "if redis.call('EXISTS', KEYS[1]) == 0 then "
+                "redis.call('HSET', KEYS[1], 'created', ARGV[1], 'gateway', ARGV[2], "
+                "'stream', ARGV[3]) created = 1 end "
+                "redis.call('EXPIRE', KEYS[1], ARGV[4]) "
+                "redis.call('EXPIRE', KEYS[2], ARGV[4]) "
+                "redis.call('EXPIRE', KEYS[3], ARGV[4]) "
+                "return created",
+                3,
+                info,
+                self._key(session_id, "turn"),
+                self._key(session_id, "history"),
+                f"{time.time():.3f}",
+                gateway_id,
+                stream_id,
+                str(self.settings.session_ttl_s),
+            ),
+        )
+        return bool(recreated)
+
+    async def end_stream(self, session_id: str, stream_id: str) -> None:
+        """The stream is over (client gone, or never served); its lease must not be held."""
+        info = self._key(session_id, "info")
+        # Compare-and-delete in one step, so a newer stream of the session is never touched.
+        await cast(
+            Awaitable[int],
+            self.redis.eval(
+                "if redis.call('HGET', KEYS[1], 'stream') == ARGV[1] then "
+                "return redis.call('HDEL', KEYS[1], 'stream') end return 0",
+                1,
+                info,
+                stream_id,
+            ),
+        )
+
+    async def touch(self, session_id: str) -> None:
+        ttl = self.settings.session_ttl_s
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for part in ("info", "turn", "history"):
+                pipe.expire(self._key(session_id, part), ttl)
+            await pipe.execute()
+
+    async def current_turn(self, session_id: str) -> int:
+        value = await self.redis.get(self._key(session_id, "turn"))
+        return int(value) if value is not None else 0
+
+    async def next_turn(self, session_id: str) -> int:
+        """Bump the turn: everything of the previous turn is stale from now on, everywhere."""
+        key = self._key(session_id, "turn")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, self.settings.session_ttl_s)
+            turn, _ = await pipe.execute()
+        notice = json.dumps({"session": session_id, "turn": int(turn)})
+        await cast(Awaitable[int], self.redis.publish(self.turn_channel, notice))
+        return int(turn)
+
+    async def record_exchange(self, session_id: str, exchange: Exchange) -> None:
+        key = self._key(session_id, "history")
+        entry = json.dumps(dataclasses.asdict(exchange))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, entry)
+            pipe.ltrim(key, -self.settings.history_turns, -1)
+            pipe.expire(key, self.settings.session_ttl_s)
+            await pipe.execute()
+
+    async def history(self, session_id: str) -> list[Exchange]:
+        raw = await cast(
+            Awaitable[list[str]],
+            self.redis.lrange(self._key(session_id, "history"), -self.settings.history_turns, -1),
+        )
+        exchanges = []
+        for item in raw:
+            data: dict[str, Any] = json.loads(item)
+            exchanges.append(
+                Exchange(data["user"], data["assistant"], bool(data.get("interrupted", False)))
+            )
+        return exchanges
+
+    async def count_delivery(self, message_id: str) -> int:
+        """How many times this job has been started (survives worker crashes)."""
+        key = f"{self._prefix}:deliveries:{message_id}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, 3600)
+            count, _ = await pipe.execute()
+        return int(count)
+
+    async def delete_session(self, session_id: str) -> None:
+        await self.redis.delete(*(self._key(session_id, p) for p in ("info", "turn", "history")))
+
+
+class TurnWatch:
+    """Tells a worker, as soon as the gateway bumps a session's turn, that older work is stale."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self._store = store
+        self._latest: dict[str, int] = {}
+        self._waiters: dict[str, list[tuple[int, asyncio.Event]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="turn-watch")
+        await self._subscribed.wait()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def is_stale(self, session_id: str, turn: int) -> bool:
+        """Ask Redis (authoritative) whether ``turn`` is no longer the session's current turn."""
+        current = await self._store.current_turn(session_id)
+        if current < self._latest.get(session_id, 0):
+            # The counter went back: Redis lost it (a restart without persistence) and counts
+            # from 0 again. Redis is the authority; what this watch remembers is void.
+            log.warning("turn_counter_reset", session_id=session_id, turn=current)
+            self._latest[session_id] = current
+        self._note(session_id, current)
+        return turn < current
+
+    def superseded(self, session_id: str, turn: int) -> asyncio.Event:
+        """An event that is set once a newer turn than ``turn`` is known for the session."""
+        event = asyncio.Event()
+        if self._latest.get(session_id, 0) > turn:
+            event.set()
+        else:
+            self._waiters.setdefault(session_id, []).append((turn, event))
+        return event
+
+    def release(self, session_id: str, event: asyncio.Event) -> None:
+        waiters = self._waiters.get(session_id)
+        if waiters is None:
+            return
+        waiters[:] = [(t, e) for t, e in waiters if e is not event]
+        if not waiters:
+            del self._waiters[session_id]
+
+    def _note(self, session_id: str, turn: int) -> None:
+        if turn <= self._latest.get(session_id, 0):
+            return
+        self._latest[session_id] = turn
+        waiters = self._waiters.get(session_id, [])
+        for waited_turn, event in waiters:
+            if waited_turn < turn:
+                event.set()
+        remaining = [(t, e) for t, e in waiters if not e.is_set()]
+        if remaining:
+            self._waiters[session_id] = remaining
+        else:
+            self._waiters.pop(session_id, None)
+        if len(self._latest) > 100_000:
+            # Only live sessions matter; drop the oldest half rather than grow without bound.
+            for stale in list(self._latest)[: len(self._latest) // 2]:
+                del self._latest[stale]
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self._store.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self._store.turn_channel)
+                    self._subscribed.set()
+                    async for message in pubsub.listen():
+                        if message.get("type") != "message":
+                            continue
+                        try:
+                            notice = json.loads(message["data"])
+                            self._note(str(notice["session"]), int(notice["turn"]))
+                        except (ValueError, KeyError, TypeError):
+                            log.warning("turn_notice_malformed", data=str(message["data"])[:200])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis restarts must not end the watch.
+                log.warning("turn_watch_reconnecting", error=str(exc))
+                await asyncio.sleep(1.0)

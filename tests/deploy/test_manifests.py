@@ -1,0 +1,277 @@
+"""The Kubernetes manifests build, validate against their schemas, and keep their promises.
+
+Offline: `kubectl kustomize` (installed by scripts/bootstrap.sh --with-test-tools), the
+built-in schemas of kubernetes-validate, and the operators' CRDs from ../shared/schemas/crds.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from functools import cache
+from typing import Any
+
+import pytest
+
+from tests.deploy.manifests import (
+    K8S,
+    OVERLAYS,
+    REPO,
+    CrdSchema,
+    kustomize_build,
+    load_crd_schemas,
+    validate_all,
+    validate_resource,
+)
+
+FLEET_ROLES = ("gateway", "stt", "llm", "tts")
+
+
+@cache
+def crds() -> dict[tuple[str, str], CrdSchema]:
+    return load_crd_schemas()
+
+
+@cache
+def built(overlay: str) -> tuple[dict[str, Any], ...]:
+    return tuple(kustomize_build(K8S / "overlays" / overlay))
+
+
+def by_kind(docs: tuple[dict[str, Any], ...], kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
+
+
+def config(docs: tuple[dict[str, Any], ...]) -> dict[str, str]:
+    (configmap,) = [
+        doc
+        for doc in docs
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].startswith("voicefleet-config")
+    ]
+    return configmap["data"]
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    return deployment["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_overlays_exist() -> None:
+    assert {"one-box", "multi-node", "multi-node-hpa"} <= set(OVERLAYS)
+
+
+def test_crd_schemas_cover_the_custom_kinds() -> None:
+    kinds = {kind for (_, kind) in crds()}
+    assert {"ScaledObject", "TriggerAuthentication", "RabbitmqCluster", "User", "Permission"} <= (
+        kinds
+    )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_builds_and_every_resource_validates(overlay: str) -> None:
+    docs = built(overlay)
+    assert docs, f"{overlay} built to nothing"
+    problems = validate_all(list(docs), crds())
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_everything_lives_in_the_voicefleet_namespace(overlay: str) -> None:
+    for doc in built(overlay):
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == "voicefleet", doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_grace_period_exceeds_the_drain_deadline(overlay: str) -> None:
+    docs = built(overlay)
+    drain = float(config(docs)["VF_DRAIN_TIMEOUT_S"])
+    deployments = by_kind(docs, "Deployment")
+    for role in FLEET_ROLES:
+        spec = deployments[f"voicefleet-{role}"]["spec"]["template"]["spec"]
+        grace = spec["terminationGracePeriodSeconds"]
+        pre_stop = 0.0
+        hook = container(deployments[f"voicefleet-{role}"]).get("lifecycle", {}).get("preStop")
+        if hook:
+            pre_stop = float(hook["exec"]["command"][-1])
+        assert grace > drain + pre_stop, f"{role}: grace {grace} s <= drain {drain} + {pre_stop}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probes(overlay: str) -> None:
+    deployments = by_kind(built(overlay), "Deployment")
+    gateway = container(deployments["voicefleet-gateway"])
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for role in ("stt", "llm", "tts"):
+        worker = container(deployments[f"voicefleet-{role}"])
+        ports = {port["name"]: port["containerPort"] for port in worker["ports"]}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert worker[probe]["tcpSocket"]["port"] == "metrics", (role, probe)
+        assert ports["metrics"] == 9100
+    vllm = container(deployments["voicefleet-vllm"])
+    assert vllm["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_fleet_pods_run_as_non_root_with_limits(overlay: str) -> None:
+    deployments = by_kind(built(overlay), "Deployment")
+    for role in FLEET_ROLES:
+        deployment = deployments[f"voicefleet-{role}"]
+        assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+        resources = container(deployment)["resources"]
+        assert resources["requests"]["cpu"] and resources["limits"]["memory"], role
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gpu_workers(overlay: str) -> None:
+    deployments = by_kind(built(overlay), "Deployment")
+    for role, setting, value in (
+        ("stt", "VF_STT_DEVICE", "cuda"),
+        ("tts", "VF_TTS_EXECUTION_PROVIDER", "CUDAExecutionProvider"),
+    ):
+        worker = container(deployments[f"voicefleet-{role}"])
+        env = {item["name"]: item.get("value") for item in worker["env"]}
+        assert env[setting] == value
+        assert worker["image"].endswith("-cuda")
+        assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_secrets_are_references_and_documented(overlay: str) -> None:
+    docs = built(overlay)
+    assert not [doc for doc in docs if doc["kind"] == "Secret"], "no Secret is committed"
+    referenced = set()
+    text = repr(docs)
+    referenced.update(re.findall(r"'secretKeyRef': \{'name': '([^']+)'", text))
+    referenced.update(re.findall(r"'importCredentialsSecret': \{'name': '([^']+)'", text))
+    referenced.update(
+        re.findall(r"'secretTargetRef': \[.*?'name': '([^']+)'", text)  # TriggerAuthentication
+    )
+    guide = (REPO / "docs" / "deploy.md").read_text()
+    missing = sorted(name for name in referenced if name not in guide)
+    assert not missing, f"Secrets referenced but not explained in docs/deploy.md: {missing}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rabbitmq_outlasts_the_longest_session(overlay: str) -> None:
+    docs = built(overlay)
+    (cluster,) = by_kind(docs, "RabbitmqCluster").values()
+    timeout_ms = int(
+        re.search(r"consumer_timeout\s*=\s*(\d+)", cluster["spec"]["rabbitmq"]["additionalConfig"])[
+            1
+        ]
+    )
+    assert timeout_ms > int(config(docs)["VF_MAX_SESSION_S"]) * 1000
+    assert cluster["spec"]["persistence"]["storage"]
+    users = by_kind(docs, "User")
+    permissions = by_kind(docs, "Permission")
+    for role in (*FLEET_ROLES, "keda"):
+        assert f"voicefleet-{role}" in users and f"voicefleet-{role}" in permissions, role
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_redis_persists(overlay: str) -> None:
+    statefulset = by_kind(built(overlay), "StatefulSet")["voicefleet-redis"]
+    redis = statefulset["spec"]["template"]["spec"]["containers"][0]
+    assert "--appendonly yes" in " ".join(redis["args"])
+    assert statefulset["spec"]["volumeClaimTemplates"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_fleet_reaches_broker_and_redis(overlay: str) -> None:
+    policies = by_kind(built(overlay), "NetworkPolicy")
+    assert policies["voicefleet-default-deny-ingress"]["spec"]["podSelector"] == {}
+    for name, port in (("voicefleet-rabbitmq-ingress", 5672), ("voicefleet-redis-ingress", 6379)):
+        rules = [
+            rule
+            for rule in policies[name]["spec"]["ingress"]
+            if any(p["port"] == port for p in rule["ports"])
+        ]
+        assert len(rules) == 1, name
+        (peer,) = rules[0]["from"]
+        assert "namespaceSelector" not in peer
+        (expression,) = peer["podSelector"]["matchExpressions"]
+        assert set(expression["values"]) == set(FLEET_ROLES)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_autoscaling(overlay: str) -> None:
+    docs = built(overlay)
+    deployments = by_kind(docs, "Deployment")
+    scaled = by_kind(docs, "ScaledObject")
+    hpas = by_kind(docs, "HorizontalPodAutoscaler")
+    assert bool(scaled) != bool(hpas), "KEDA or the HPA fallback, not both"
+    if scaled:
+        queues = {}
+        for item in scaled.values():
+            assert item["spec"]["scaleTargetRef"]["name"] in deployments
+            (trigger,) = item["spec"]["triggers"]
+            assert trigger["type"] == "rabbitmq"
+            queues[item["spec"]["scaleTargetRef"]["name"]] = trigger["metadata"]["queueName"]
+        assert queues == {
+            "voicefleet-stt": "stt.sessions",
+            "voicefleet-llm": "llm.turns",
+            "voicefleet-tts": "tts.jobs",
+        }
+        auths = by_kind(docs, "TriggerAuthentication")
+        for item in scaled.values():
+            assert item["spec"]["triggers"][0]["authenticationRef"]["name"] in auths
+    else:
+        targets = {hpa["spec"]["scaleTargetRef"]["name"] for hpa in hpas.values()}
+        assert targets == {"voicefleet-stt", "voicefleet-llm", "voicefleet-tts"}
+
+
+def test_pod_disruption_budgets_cover_every_role() -> None:
+    for overlay in OVERLAYS:
+        pdbs = by_kind(built(overlay), "PodDisruptionBudget")
+        assert {f"voicefleet-{role}" for role in FLEET_ROLES} <= set(pdbs), overlay
+
+
+def test_multi_node_runs_several_gateways_behind_a_websocket_ingress() -> None:
+    docs = built("multi-node")
+    assert by_kind(docs, "Deployment")["voicefleet-gateway"]["spec"]["replicas"] > 1
+    (ingress,) = by_kind(docs, "Ingress").values()
+    annotations = ingress["metadata"]["annotations"]
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= int(
+        config(docs)["VF_MAX_SESSION_S"]
+    )
+    assert by_kind(docs, "RabbitmqCluster")["voicefleet-rabbitmq"]["spec"]["replicas"] == 3
+
+
+def test_one_box_leaves_gpu_room_for_the_workers() -> None:
+    vllm = container(by_kind(built("one-box"), "Deployment")["voicefleet-vllm"])
+    args = vllm["args"]
+    assert float(args[args.index("--gpu-memory-utilization") + 1]) <= 0.6
+
+
+# --- the validator itself must fail broken manifests ---------------------------------------
+
+
+def _scaled_object() -> dict[str, Any]:
+    return copy.deepcopy(by_kind(built("multi-node"), "ScaledObject")["voicefleet-tts"])
+
+
+def test_validator_rejects_a_typo_in_a_scaled_object() -> None:
+    doc = _scaled_object()
+    doc["spec"]["maxReplicaCont"] = doc["spec"].pop("maxReplicaCount")
+    assert any("maxReplicaCont" in error for error in validate_resource(doc, crds()))
+    nested = _scaled_object()
+    nested["spec"]["triggers"][0]["authRef"] = nested["spec"]["triggers"][0].pop(
+        "authenticationRef"
+    )
+    assert any("authRef" in error for error in validate_resource(nested, crds()))
+
+
+def test_validator_rejects_a_wrong_type_or_api_version() -> None:
+    doc = _scaled_object()
+    doc["spec"]["maxReplicaCount"] = "eight"
+    assert validate_resource(doc, crds())
+    doc = _scaled_object()
+    doc["apiVersion"] = "keda.sh/v1beta1"
+    assert validate_resource(doc, crds())
+    deployment = copy.deepcopy(by_kind(built("one-box"), "Deployment")["voicefleet-gateway"])
+    deployment["apiVersion"] = "apps/v1beta9"
+    assert validate_resource(deployment, crds())
+    deployment = copy.deepcopy(by_kind(built("one-box"), "Deployment")["voicefleet-gateway"])
+    deployment["spec"]["template"]["spec"]["terminationGracePeriod"] = 45
+    assert validate_resource(deployment, crds())

@@ -1,0 +1,73 @@
+"""A rolling restart of every worker, while people are talking, completes every turn."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fleet_processes import Fleet, FleetProcess, running_fleet
+from tests.speech import pcm, silence, speech
+from voicefleet.client import VoiceClient
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
+
+QUESTIONS = ("What is the capital of France?", "How far away is the moon?")
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[Fleet]:
+    with running_fleet("e2e-rolling", stt=2, llm=2, tts=2, drain_timeout_s="15") as running:
+        yield running
+
+
+async def converse(fleet: Fleet, index: int, restarting: asyncio.Event) -> list[str]:
+    """Turns until the restart is over; the outcome of each ("ok", or what went wrong)."""
+    client = VoiceClient(fleet.ws_url)
+    await client.connect()
+    outcomes = []
+    try:
+        turn = 0
+        while restarting.is_set() or turn < 2:
+            mark = len(client.received)
+            question = QUESTIONS[(index + turn) % len(QUESTIONS)]
+            await client.stream(pcm(silence(0.3), speech(question), silence(2.0)))
+            try:
+                final = await client.wait_for("transcript", final=True, after=mark, timeout=45)
+                start = await client.wait_for(
+                    "audio_start", after=client.index_of(final), timeout=90
+                )
+                assert isinstance(start.data, dict)
+                await client.wait_for("audio_end", timeout=90, turn=start.data["turn"])
+                errors = client.events("error")
+                outcomes.append("ok" if not errors else f"errors {errors}")
+            except TimeoutError:
+                outcomes.append(f"timeout in turn {turn}")
+            turn += 1
+    finally:
+        await client.close()
+    return outcomes
+
+
+async def restart(process: FleetProcess) -> None:
+    process.signal(signal.SIGTERM)
+    assert process.process is not None
+    assert await asyncio.to_thread(process.process.wait, 60) == 0, process.tail()
+    process.start()
+    async with asyncio.timeout(60):
+        while not any(e.get("event") == "serving" for e in process.log_events()[-20:]):  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+
+
+async def test_rolling_restart_under_load_completes_every_turn(fleet: Fleet) -> None:
+    restarting = asyncio.Event()
+    restarting.set()
+    people = [asyncio.create_task(converse(fleet, i, restarting)) for i in range(3)]
+    await asyncio.sleep(3)
+    for name in ("stt-1", "llm-1", "tts-1", "stt-2", "llm-2", "tts-2"):
+        await restart(fleet.processes[name])
+    restarting.clear()
+    outcomes = [o for person in await asyncio.gather(*people) for o in person]
+    assert outcomes and all(o == "ok" for o in outcomes), outcomes

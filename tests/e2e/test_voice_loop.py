@@ -1,0 +1,109 @@
+"""A person talks to the fleet: real processes, real broker and Redis, real models.
+
+The spoken question is Kokoro speech streamed at real-time pace, then silence, exactly as a
+browser would send it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fleet.state import SessionStore, connect_redis
+from tests.fleet_processes import Fleet
+from tests.speech import pcm, silence, speech, transcribe_reply, words
+from voicefleet.client import VoiceClient
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+QUESTION = "What is the capital of France?"
+LONG_REQUEST = "Please tell me a long story about a brave knight and a friendly dragon."
+INTERRUPTION = "Stop. What is two plus two?"
+
+
+def turn_audio(client: VoiceClient, start_index: int, end_index: int) -> bytes:
+    return b"".join(
+        r.data
+        for r in client.received[start_index:end_index]
+        if r.kind == "audio" and isinstance(r.data, bytes)
+    )
+
+
+async def test_spoken_question_gets_a_spoken_answer(fleet: Fleet) -> None:
+    client = VoiceClient(fleet.ws_url)
+    ready = await client.connect()
+    assert ready["resumed"] is False
+    try:
+        await client.stream(pcm(silence(0.5), speech(QUESTION), silence(3.0)))
+
+        final = await client.wait_for("transcript", final=True, timeout=30)
+        assert isinstance(final.data, dict)
+        assert {"capital", "france"} <= words(final.data["text"]), final.data
+
+        start = await client.wait_for("audio_start", timeout=60, after=client.index_of(final))
+        assert isinstance(start.data, dict)
+        turn = start.data["turn"]
+        assert start.data["sampleRate"] == 24000
+        end = await client.wait_for("audio_end", timeout=120, turn=turn)
+
+        reply_audio = turn_audio(client, client.index_of(start), client.index_of(end))
+        assert len(reply_audio) > 24000 * 2 * 0.5, "less than half a second of reply audio"
+        assistant_text = "".join(
+            e["text"] for e in client.events("assistant_text") if e["turn"] == turn
+        )
+        assert assistant_text.strip()
+
+        heard = words(transcribe_reply(reply_audio))
+        said = words(assistant_text)
+        # Whisper hearing most of the assistant's words back proves the audio is that reply.
+        assert len(heard & said) >= max(1, len(said) // 2), (heard, said)
+        assert not client.events("error"), client.events("error")
+    finally:
+        await client.close()
+
+
+async def test_barge_in_stops_old_audio(fleet: Fleet) -> None:
+    client = VoiceClient(fleet.ws_url)
+    await client.connect()
+    try:
+        await client.stream(pcm(silence(0.3), speech(LONG_REQUEST)))
+        await client.stream_silence(1.5)
+        start = await client.wait_for("audio_start", timeout=90)
+        assert isinstance(start.data, dict)
+        old_turn = start.data["turn"]
+        # Let some of the reply play, then talk over it.
+        await client.wait_for("audio", timeout=30, after=client.index_of(start))
+        await client.stream(pcm(speech(INTERRUPTION), silence(2.5)))
+
+        cancel = await client.wait_for("audio_cancel", timeout=30, turn=old_turn)
+        after_cancel = client.received[client.index_of(cancel) + 1 :]
+        # Nothing of the old turn may reach the client after the cancel: any audio after it
+        # must belong to a newer turn, i.e. come after a newer audio_start.
+        new_turn_started = False
+        for item in after_cancel:
+            if item.kind == "audio_start":
+                assert isinstance(item.data, dict)
+                assert item.data["turn"] > old_turn
+                new_turn_started = True
+            if item.kind == "audio":
+                assert new_turn_started, "old-turn audio arrived after audio_cancel"
+            if item.kind == "audio_end":
+                assert isinstance(item.data, dict)
+                assert item.data["turn"] != old_turn
+
+        final = await client.wait_for(
+            "transcript", final=True, timeout=30, after=client.index_of(cancel)
+        )
+        assert isinstance(final.data, dict)
+        assert {"two", "plus"} <= words(final.data["text"]) or "2" in final.data["text"]
+
+        store = SessionStore(connect_redis(fleet.settings), fleet.settings)
+        try:
+            history = await store.history(client.session_id)
+        finally:
+            await store.redis.aclose()
+        # The request may itself have been split (Smart Turn can end the turn at a pause, and
+        # the rest of the sentence then barges in on that turn); the reply to it was cut short.
+        cut = [h for h in history if h.interrupted]
+        assert any("knight" in h.user.lower() or "dragon" in h.user.lower() for h in cut), history
+    finally:
+        await client.close()

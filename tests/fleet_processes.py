@@ -1,0 +1,234 @@
+"""Start a real fleet (gateway, workers, chat server) as separate processes for a test.
+
+Each fleet gets its own namespace on the shared RabbitMQ and Redis, its own ports, and log files
+under ``artifacts/<name>/`` so a failing test leaves evidence behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from fleet.settings import Settings
+from voicefleet.namespaces import consumer_counts, delete_namespace
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class FleetProcess:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "voicefleet.cli", *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.process is None:
+            return None
+        self.signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies mid-work, as on a crash or an out-of-memory kill."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def log_events(self) -> list[dict[str, object]]:
+        if not self.log_path.exists():
+            return []
+        events = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                item = json.loads(line)
+                if isinstance(item, dict):
+                    events.append(item)
+        return events
+
+    def tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Fleet:
+    name: str
+    settings: Settings
+    env: dict[str, str]
+    gateway_ports: list[int]
+    llm_url: str
+    processes: dict[str, FleetProcess] = field(default_factory=dict)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_ports[0]}"
+
+    @property
+    def ws_url(self) -> str:
+        return self.ws_url_of(0)
+
+    def ws_url_of(self, gateway: int) -> str:
+        return f"ws://127.0.0.1:{self.gateway_ports[gateway]}/ws/audio"
+
+    def add(self, name: str, *args: str, **env: str) -> FleetProcess:
+        process = FleetProcess(
+            name, list(args), {**self.env, **env}, ARTIFACTS / self.name / f"{name}.log"
+        )
+        self.processes[name] = process
+        process.start()
+        return process
+
+    def workers_that_logged(self, kind: str, event: str, session_id: str) -> list[str]:
+        """Names of the ``kind`` workers whose log has ``event`` for the session."""
+        return [
+            name
+            for name, process in self.processes.items()
+            if name.startswith(f"{kind}-")
+            and any(
+                e.get("event") == event and e.get("session_id") == session_id
+                for e in process.log_events()
+            )
+        ]
+
+    async def wait_for_worker(
+        self, kind: str, event: str, session_id: str, patience: float = 30.0
+    ) -> str:
+        async with asyncio.timeout(patience):
+            # Another process writes the log: there is nothing to wait on but the file itself.
+            while not (names := self.workers_that_logged(kind, event, session_id)):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        return names[0]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n} ---\n{p.tail()}" for n, p in self.processes.items())
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.process is not None and process.process.poll() is not None:
+                raise RuntimeError(f"{name} exited early:\n{process.tail()}")
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            process.stop()
+
+
+def wait_http(url: str, fleet: Fleet, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fleet.check_alive()
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not ready after {timeout}s\n{fleet.logs()}")
+
+
+def wait_for_workers(fleet: Fleet, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fleet.check_alive()
+        counts = asyncio.run(consumer_counts(fleet.settings))
+        if all(counts.values()):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"workers not consuming after {timeout}s\n{fleet.logs()}")
+
+
+@contextlib.contextmanager
+def running_fleet(
+    name: str,
+    *,
+    stt: int = 1,
+    llm: int = 1,
+    tts: int = 1,
+    gateways: int = 1,
+    **overrides: str,
+) -> Iterator[Fleet]:
+    """A whole fleet; the chat server is started too unless VF_LLM_URL points at one."""
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    gateway_ports = [free_port() for _ in range(gateways)]
+    external_llm = os.environ.get("VF_LLM_URL")
+    llm_port = free_port()
+    llm_url = external_llm or f"http://127.0.0.1:{llm_port}/v1"
+    env = {
+        **os.environ,
+        "VF_NAMESPACE": namespace,
+        "VF_LLM_URL": llm_url,
+        "VF_LOG_JSON": "true",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        **{f"VF_{k.upper()}": v for k, v in overrides.items()},
+    }
+    # A fleet on a private broker or Redis (chaos tests) is set up and cleaned up there too.
+    defaults = Settings()
+    settings = Settings(
+        namespace=namespace,
+        amqp_url=overrides.get("amqp_url", defaults.amqp_url),
+        redis_url=overrides.get("redis_url", defaults.redis_url),
+    )
+    fleet = Fleet(name, settings, env, gateway_ports, llm_url)
+    try:
+        if not external_llm:
+            fleet.add("llm-server", "llm-server", "--port", str(llm_port))
+        for kind, replicas in (("stt", stt), ("llm", llm), ("tts", tts)):
+            for index in range(1, replicas + 1):
+                fleet.add(f"{kind}-{index}", "worker", kind, VF_WORKER_ID=f"{kind}-{index}")
+        for index, port in enumerate(gateway_ports, start=1):
+            fleet.add(
+                f"gateway-{index}",
+                "gateway",
+                VF_WORKER_ID=f"gateway-{index}",
+                VF_GATEWAY_PORT=str(port),
+            )
+        if not external_llm:
+            wait_http(f"{llm_url}/models", fleet, timeout=120)
+        for port in gateway_ports:
+            wait_http(f"http://127.0.0.1:{port}/readyz", fleet, timeout=60)
+        wait_for_workers(fleet)
+        yield fleet
+    finally:
+        fleet.stop()
+        asyncio.run(delete_namespace(settings))

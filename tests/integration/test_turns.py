@@ -1,0 +1,184 @@
+"""Session state on a real Redis: resume, turns cancelling stale work, history, stream ownership."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from fleet.settings import Settings
+from fleet.state import Exchange, SessionStore, TurnWatch
+
+SID = "sess-0123456789"
+
+
+@pytest.fixture
+async def watch(store: SessionStore) -> AsyncIterator[TurnWatch]:
+    turn_watch = TurnWatch(store)
+    await turn_watch.start()
+    try:
+        yield turn_watch
+    finally:
+        await turn_watch.stop()
+
+
+async def test_a_new_session_is_created_and_a_second_open_is_a_resume(store: SessionStore) -> None:
+    assert not await store.exists(SID)
+    assert await store.open_session(SID, "gw-1", "stream-1") is False
+    assert await store.exists(SID)
+    assert await store.open_session(SID, "gw-2", "stream-2") is True
+    assert await store.current_stream(SID) == "stream-2"
+
+
+async def test_resume_keeps_the_turn_and_history(store: SessionStore) -> None:
+    await store.open_session(SID, "gw-1", "stream-1")
+    await store.next_turn(SID)
+    await store.record_exchange(SID, Exchange("hi", "hello!"))
+    assert await store.open_session(SID, "gw-2", "stream-2") is True
+    assert await store.current_turn(SID) == 1
+    assert await store.history(SID) == [Exchange("hi", "hello!")]
+
+
+async def test_session_state_expires_with_the_ttl(settings: Settings, store: SessionStore) -> None:
+    await store.open_session(SID, "gw-1", "stream-1")
+    await store.next_turn(SID)
+    await store.record_exchange(SID, Exchange("hi", "hello!"))
+    for part in ("info", "turn", "history"):
+        ttl = await store.redis.ttl(store._key(SID, part))
+        assert 0 < ttl <= settings.session_ttl_s
+
+
+async def test_turns_count_up_from_one(store: SessionStore) -> None:
+    assert await store.current_turn(SID) == 0
+    assert [await store.next_turn(SID) for _ in range(3)] == [1, 2, 3]
+    assert await store.current_turn(SID) == 3
+
+
+async def test_a_new_turn_supersedes_the_old_one_at_once(
+    store: SessionStore, watch: TurnWatch
+) -> None:
+    old = await store.next_turn(SID)
+    old_turn_stale = watch.superseded(SID, old)
+    assert not old_turn_stale.is_set()
+
+    started = time.monotonic()
+    current = await store.next_turn(SID)  # the user barged in
+    await asyncio.wait_for(old_turn_stale.wait(), timeout=1.0)
+    assert time.monotonic() - started < 1.0
+
+    current_turn_stale = watch.superseded(SID, current)
+    await asyncio.sleep(0.3)
+    assert not current_turn_stale.is_set()
+    watch.release(SID, current_turn_stale)
+
+
+async def test_another_sessions_turn_does_not_cancel_this_one(
+    store: SessionStore, watch: TurnWatch
+) -> None:
+    mine = await store.next_turn(SID)
+    stale = watch.superseded(SID, mine)
+    for _ in range(3):
+        await store.next_turn("sess-someone-else")
+    await asyncio.sleep(0.3)
+    assert not stale.is_set()
+    watch.release(SID, stale)
+
+
+async def test_waiting_on_an_already_superseded_turn_returns_at_once(
+    store: SessionStore, watch: TurnWatch
+) -> None:
+    await store.next_turn(SID)
+    await store.next_turn(SID)
+    assert await watch.is_stale(SID, 1)
+    assert watch.superseded(SID, 1).is_set()
+
+
+async def test_is_stale_asks_redis(store: SessionStore, watch: TurnWatch) -> None:
+    assert not await watch.is_stale(SID, 0)
+    turn = await store.next_turn(SID)
+    assert not await watch.is_stale(SID, turn)
+    assert await watch.is_stale(SID, turn - 1)
+    newer = await store.next_turn(SID)
+    assert await watch.is_stale(SID, turn)
+    assert not await watch.is_stale(SID, newer)
+
+
+async def test_a_watch_started_in_another_process_learns_of_turns_too(
+    settings: Settings, store: SessionStore, watch: TurnWatch
+) -> None:
+    # The gateway bumps the turn; a worker elsewhere (its own Redis client) learns of it.
+    from fleet.state import connect_redis
+
+    client = connect_redis(settings)
+    other = TurnWatch(SessionStore(client, settings))
+    await other.start()
+    try:
+        turn = await store.next_turn(SID)
+        stale = other.superseded(SID, turn)
+        await store.next_turn(SID)
+        await asyncio.wait_for(stale.wait(), timeout=1.0)
+    finally:
+        await other.stop()
+        await client.aclose()
+
+
+async def test_history_keeps_only_the_last_turns_in_order(store: SessionStore) -> None:
+    keep = store.settings.history_turns
+    exchanges = [Exchange(f"question {i}", f"answer {i}") for i in range(keep + 5)]
+    for exchange in exchanges:
+        await store.record_exchange(SID, exchange)
+    history = await store.history(SID)
+    assert history == exchanges[-keep:]
+    assert await store.redis.llen(store._key(SID, "history")) == keep
+
+
+async def test_history_keeps_what_was_heard_of_an_interrupted_reply(store: SessionStore) -> None:
+    await store.record_exchange(SID, Exchange("long story?", "Once upon a…", interrupted=True))
+    assert await store.history(SID) == [Exchange("long story?", "Once upon a…", interrupted=True)]
+
+
+async def test_history_respects_a_smaller_setting(settings: Settings, store: SessionStore) -> None:
+    small = SessionStore(store.redis, settings.model_copy(update={"history_turns": 2}))
+    for i in range(5):
+        await small.record_exchange(SID, Exchange(f"q{i}", f"a{i}"))
+    assert await small.history(SID) == [Exchange("q3", "a3"), Exchange("q4", "a4")]
+
+
+async def test_ending_an_old_stream_leaves_the_newer_stream_untouched(store: SessionStore) -> None:
+    await store.open_session(SID, "gw-1", "stream-old")
+    await store.open_session(SID, "gw-2", "stream-new")  # the client reconnected elsewhere
+    await store.end_stream(SID, "stream-old")  # the old connection's teardown runs late
+    assert await store.current_stream(SID) == "stream-new"
+    await store.end_stream(SID, "stream-new")
+    assert await store.current_stream(SID) is None
+    assert await store.exists(SID)  # the session (turn, history) outlives its stream
+
+
+async def test_ending_a_stream_of_an_unknown_session_is_harmless(store: SessionStore) -> None:
+    await store.end_stream("sess-never-seen", "stream-x")
+    assert not await store.exists("sess-never-seen")
+
+
+async def test_count_delivery_counts_each_start_of_a_job(store: SessionStore) -> None:
+    assert [await store.count_delivery("msg-1") for _ in range(3)] == [1, 2, 3]
+    assert await store.count_delivery("msg-2") == 1
+
+
+async def test_delete_session_forgets_everything(store: SessionStore) -> None:
+    await store.open_session(SID, "gw-1", "stream-1")
+    await store.next_turn(SID)
+    await store.record_exchange(SID, Exchange("hi", "hello"))
+    await store.delete_session(SID)
+    assert not await store.exists(SID)
+    assert await store.current_turn(SID) == 0
+    assert await store.history(SID) == []
+
+
+async def test_namespaces_do_not_see_each_other(settings: Settings, store: SessionStore) -> None:
+    await store.open_session(SID, "gw-1", "stream-1")
+    await store.next_turn(SID)
+    neighbour = SessionStore(store.redis, settings.model_copy(update={"namespace": "tx-other"}))
+    assert not await neighbour.exists(SID)
+    assert await neighbour.current_turn(SID) == 0

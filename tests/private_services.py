@@ -1,0 +1,244 @@
+"""A RabbitMQ and a Redis of a test's own, on free ports, that the test may kill and restart.
+
+Chaos tests must never touch the shared broker (127.0.0.1:5672) or Redis (127.0.0.1:6379):
+other tests and sessions use them. These helpers start private ones under a temporary
+directory; RabbitMQ needs root (it runs the packaged ``rabbitmq-server`` with its own node name,
+ports, database and log directories, and no plugins).
+
+Restarting RabbitMQ keeps its database (durable queues and persistent messages survive, as in a
+real broker restart); restarting Redis loses every key (``--save '' --appendonly no``), the
+harshest case: the fleet must cope with a state store that forgot everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aio_pika
+
+RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rabbitmq_unavailable_reason() -> str | None:
+    """Why a private RabbitMQ cannot be started here, or None when it can."""
+    if not RABBITMQ_SERVER.exists():
+        return f"{RABBITMQ_SERVER} is not installed"
+    if os.geteuid() != 0:
+        return "starting a private RabbitMQ needs root"
+    return None
+
+
+def redis_unavailable_reason() -> str | None:
+    return None if shutil.which("redis-server") else "redis-server is not installed"
+
+
+def _amqp_handshake(url: str) -> bool:
+    async def attempt() -> None:
+        connection = await aio_pika.connect(url, timeout=5)
+        await connection.close()
+
+    try:
+        asyncio.run(attempt())
+    except Exception:
+        return False
+    return True
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class PrivateRabbitMQ:
+    """One RabbitMQ node on its own ports and directories."""
+
+    base: Path
+    node: str = field(default_factory=lambda: f"vft{uuid.uuid4().hex[:8]}@localhost")
+    port: int = field(default_factory=free_port)
+    dist_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base / "server.out"
+
+    def _env(self) -> dict[str, str]:
+        plugins = self.base / "enabled_plugins"
+        if not plugins.exists():
+            plugins.write_text("[].\n")
+        (self.base / "mnesia").mkdir(exist_ok=True)
+        (self.base / "log").mkdir(exist_ok=True)
+        return {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.base / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins),
+            # Keep the node's default config (and so the shared broker's) out of it.
+            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.base / "advanced.config"),
+        }
+
+    def start(self, timeout: float = 60.0) -> None:
+        # Readiness is an AMQP handshake on the node's port, not ``rabbitmqctl await_startup``:
+        # the CLI tools would need this node's Erlang cookie, which lives in root's home.
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [str(RABBITMQ_SERVER)],
+                env=self._env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            if _port_open(self.port) and _amqp_handshake(self.url):
+                return
+            time.sleep(0.2)
+        tail = self.log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"private RabbitMQ {self.node} did not start:\n{tail}")
+
+    def stop(self) -> None:
+        """A clean broker shutdown (SIGTERM: what a rolling restart or an upgrade does)."""
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        self._reap()
+
+    def kill(self) -> None:
+        """The broker dies: every process of the node gets SIGKILL."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self._reap()
+
+    def _reap(self) -> None:
+        assert self.process is not None
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        # epmd-launched helpers of this node only live in its process group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process = None
+        deadline = time.monotonic() + 10
+        while _port_open(self.port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def restart(self, *, kill: bool = False) -> float:
+        """Stop (or kill) and start again; returns how long the broker was down, in seconds."""
+        down_at = time.monotonic()
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        self.start()
+        return time.monotonic() - down_at
+
+
+@dataclass
+class PrivateRedis:
+    base: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        with (self.base / "redis.out").open("ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.base),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not _port_open(self.port):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"private Redis on {self.port} did not start")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        self.process.wait(10)
+        self.process = None
+
+    def restart(self, down_s: float = 0.0) -> float:
+        """Kill, stay down ``down_s``, start on the same port (empty): seconds it was down."""
+        down_at = time.monotonic()
+        self.kill()
+        time.sleep(down_s)
+        self.start()
+        return time.monotonic() - down_at
+
+
+@contextlib.contextmanager
+def private_rabbitmq() -> Iterator[PrivateRabbitMQ]:
+    base = Path(tempfile.mkdtemp(prefix="vf-rabbit-"))
+    broker = PrivateRabbitMQ(base)
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.kill()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[PrivateRedis]:
+    base = Path(tempfile.mkdtemp(prefix="vf-redis-"))
+    server = PrivateRedis(base)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+        shutil.rmtree(base, ignore_errors=True)

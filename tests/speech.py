@@ -1,0 +1,64 @@
+"""Spoken test utterances: Kokoro speech as 16 kHz PCM16, cached per process."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import numpy as np
+from faster_whisper import WhisperModel
+
+from fleet.audio import FloatArray, float32_to_pcm16, pcm16_to_float32, resample, split_frames
+from fleet.model_paths import kokoro_locations, stt_model_location
+from fleet.settings import get_settings
+
+RATE = 16000
+FRAME_BYTES = 3200  # 100 ms of 16 kHz PCM16
+
+
+@lru_cache(maxsize=1)
+def _kokoro() -> object:
+    import kokoro_onnx
+
+    model, voices = kokoro_locations(get_settings())
+    return kokoro_onnx.Kokoro(model, voices)
+
+
+@lru_cache(maxsize=16)
+def speech(text: str, voice: str = "af_heart") -> FloatArray:
+    """`text` spoken by Kokoro, as 16 kHz float32."""
+    samples, rate = _kokoro().create(text, voice=voice, lang="en-us")  # type: ignore[attr-defined]
+    return resample(np.asarray(samples, dtype=np.float32), int(rate), RATE)
+
+
+def silence(seconds: float, noise: float = 0.0, seed: int = 0) -> FloatArray:
+    count = round(seconds * RATE)
+    if noise <= 0:
+        return np.zeros(count, dtype=np.float32)
+    return np.random.default_rng(seed).normal(0.0, noise, count).astype(np.float32)
+
+
+def frames(*parts: FloatArray) -> list[bytes]:
+    """The parts back to back, as the 100 ms PCM16 frames a client streams."""
+    return split_frames(float32_to_pcm16(np.concatenate(parts)), FRAME_BYTES)
+
+
+def pcm(*parts: FloatArray) -> bytes:
+    """The parts back to back as 16 kHz PCM16, ready to stream."""
+    return float32_to_pcm16(np.concatenate(parts))
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+@lru_cache(maxsize=1)
+def _whisper() -> WhisperModel:
+    return WhisperModel(stt_model_location(get_settings()), device="cpu", compute_type="int8")
+
+
+def transcribe_reply(pcm24k: bytes) -> str:
+    """What a listener hears in 24 kHz reply audio, by Whisper (beam 5)."""
+    audio = resample(pcm16_to_float32(pcm24k), 24000, RATE)
+    segments, _ = _whisper().transcribe(audio, language="en", beam_size=5, vad_filter=False)
+    return " ".join(segment.text for segment in segments)

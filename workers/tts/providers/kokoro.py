@@ -1,0 +1,103 @@
+"""Kokoro-82M through kokoro-onnx: local ONNX synthesis on CPU or a GPU execution provider."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+from collections.abc import AsyncIterator
+
+import numpy as np
+import onnxruntime as ort
+from kokoro_onnx import Kokoro
+from kokoro_onnx.config import SAMPLE_RATE
+from numpy.typing import NDArray
+
+from fleet.model_paths import kokoro_locations
+from fleet.settings import Settings
+from workers.tts.providers.base import SpeechSynthesizer
+
+_CPU = "CPUExecutionProvider"
+
+
+class KokoroSynthesizer:
+    """`SpeechSynthesizer` for Kokoro. Loading takes about a second; do it once per process.
+
+    kokoro-onnx's `create_stream` synthesizes one phoneme batch at a time in the event loop's
+    default executor (inference blocks) and yields each batch as soon as it is done. A batch
+    holds up to 510 phonemes, so a sentence arrives as a single part and its first byte comes
+    when the whole sentence is synthesized; that is why the LLM bridge sends the first clause
+    of a reply on its own.
+    """
+
+    name = "kokoro"
+
+    def __init__(
+        self,
+        model_path: str,
+        voices_path: str,
+        lang: str,
+        speed: float,
+        execution_provider: str = _CPU,
+    ) -> None:
+        available = ort.get_available_providers()
+        if execution_provider not in available:
+            # onnxruntime would only warn and run on CPU, hiding a misconfigured GPU box.
+            raise ValueError(
+                f"onnxruntime execution provider {execution_provider!r} is not available "
+                f"in this installation; available: {', '.join(available)}"
+            )
+        # CPU stays as the fallback for any operator the accelerator lacks.
+        providers = (
+            [execution_provider] if execution_provider == _CPU else [execution_provider, _CPU]
+        )
+        session = ort.InferenceSession(model_path, providers=providers)
+        self._kokoro = Kokoro.from_session(session, voices_path)
+        self._voices = self._kokoro.get_voices()
+        self._lang = lang
+        self._speed = speed
+        self.version = importlib.metadata.version("kokoro-onnx")
+        self.sample_rate = SAMPLE_RATE
+
+    def voices(self) -> list[str]:
+        return list(self._voices)
+
+    async def stream(self, text: str, voice: str) -> AsyncIterator[bytes]:
+        if voice not in self._voices:
+            raise ValueError(
+                f"unknown Kokoro voice {voice!r}; available: {', '.join(self._voices)}"
+            )
+        parts = self._kokoro.create_stream(text, voice, speed=self._speed, lang=self._lang)
+        try:
+            async for audio, _ in parts:
+                yield _pcm16(audio)
+        finally:
+            # Closing `parts` cancels its producer task, so no further batch is started when
+            # our consumer stops early.
+            await parts.aclose()
+
+    async def health(self) -> bool:
+        """Synthesize a word: proves phonemizer, model and provider work (~0.1 s of CPU)."""
+        loop = asyncio.get_running_loop()
+        try:
+            audio, _ = await loop.run_in_executor(
+                None, lambda: self._kokoro.create("ok", self._voices[0], lang=self._lang)
+            )
+        except Exception:
+            return False
+        return bool(np.any(audio))
+
+
+def _pcm16(audio: NDArray[np.float32]) -> bytes:
+    # The model can overshoot [-1, 1] slightly; clip instead of letting int16 wrap around.
+    return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+def from_settings(settings: Settings) -> SpeechSynthesizer:
+    model, voices = kokoro_locations(settings)
+    return KokoroSynthesizer(
+        model,
+        voices,
+        lang=settings.tts_lang,
+        speed=settings.tts_speed,
+        execution_provider=settings.tts_execution_provider,
+    )
