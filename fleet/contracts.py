@@ -221,7 +221,11 @@ class TurnFailed:
 
 @dataclass(frozen=True, slots=True)
 class ConversationEntry:
-    """One line of the conversation for the ``vf.transcripts`` stream."""
+    """One line of the conversation for the ``vf.transcripts`` stream.
+
+    A later entry for the same (session, turn, role) supersedes an earlier one: a reply cut off
+    by barge-in after it was fully sent is re-published with what the user actually heard.
+    """
 
     KIND: ClassVar[str] = "conversation.entry"
     session_id: str

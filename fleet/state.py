@@ -175,10 +175,15 @@ class SessionStore:
         await cast(Awaitable[int], self.redis.publish(self.turn_channel, notice))
         return int(turn)
 
-    async def record_exchange(self, session_id: str, exchange: Exchange) -> None:
+    async def record_exchange(
+        self, session_id: str, exchange: Exchange, *, replaces_last: bool = False
+    ) -> None:
+        """Append ``exchange``; with ``replaces_last`` it corrects the newest one instead."""
         key = self._key(session_id, "history")
         entry = json.dumps(dataclasses.asdict(exchange))
         async with self.redis.pipeline(transaction=True) as pipe:
+            if replaces_last:
+                pipe.rpop(key)
             pipe.rpush(key, entry)
             pipe.ltrim(key, -self.settings.history_turns, -1)
             pipe.expire(key, self.settings.session_ttl_s)

@@ -346,10 +346,11 @@ class ClientConnection:
             case TranscriptFinal(text=text, upto_seq=upto):
                 while self._replay and self._replay[0].seq <= upto:
                     self._replay.popleft()
+                # A cancel precedes the transcript that caused it, as it does for partials.
+                if text.strip() and turn is not None and turn.still_playing(now):
+                    await self._barge_in(turn, now)
                 await self._send_event("transcript", text=text, final=True)
                 if text.strip():
-                    if turn is not None and turn.still_playing(now):
-                        await self._barge_in(turn, now)
                     await self._start_turn(text.strip(), now)
             case AssistantDelta(turn=number, index=index, text=text) if (
                 turn and number == turn.number and index >= turn.next_delta
@@ -388,29 +389,33 @@ class ClientConnection:
     async def _finish_if_complete(self, turn: _Turn) -> None:
         if not turn.reply.complete or turn.recorded:
             return
+        # Recorded first: once the client hears the turn ended, its history holds it, even if
+        # this gateway dies the next moment and the client resumes elsewhere.
+        await self._record_turn(turn, interrupted=False)
         if turn.first_audio_at is not None:
             await self._send_event("audio_end", turn=turn.number)
-        await self._record_turn(turn, interrupted=False)
 
     async def _barge_in(self, turn: _Turn, now: float) -> None:
         """The user spoke over the reply: stop it everywhere, keep what was actually heard."""
         self._turn = None
         await self.hub.store.next_turn(self.session_id)
+        # A reply fully sent may still be playing: what was heard replaces what was recorded.
+        await self._record_turn(turn, interrupted=True, heard_seconds=turn.seconds_played(now))
         await self._send_event("audio_cancel", turn=turn.number)
         log.info("barge_in", cancelled_turn=turn.number)
-        if not turn.recorded:
-            await self._record_turn(turn, interrupted=True, heard_seconds=turn.seconds_played(now))
 
     async def _record_turn(
         self, turn: _Turn, *, interrupted: bool, heard_seconds: float | None = None
     ) -> None:
+        correction = turn.recorded
         turn.recorded = True
         seconds = turn.reply.seconds_emitted if heard_seconds is None else heard_seconds
         spoken = turn.reply.spoken_text(seconds)
         await self.hub.store.record_exchange(
-            self.session_id, Exchange(turn.user_text, spoken, interrupted)
+            self.session_id, Exchange(turn.user_text, spoken, interrupted), replaces_last=correction
         )
-        for role, text in (("user", turn.user_text), ("assistant", spoken)):
+        entries = [("user", turn.user_text), ("assistant", spoken)]
+        for role, text in entries[1:] if correction else entries:
             await self.hub.bus.publish(
                 ConversationEntry(self.session_id, turn.number, role, text, interrupted)
             )

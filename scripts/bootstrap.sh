@@ -51,6 +51,16 @@ apt_install() {
   fi
 }
 
+# llama-cpp-python (the local chat server) compiles llama.cpp; the wheel is built once per machine
+# into a cache of our own, keyed by version and build flags. It targets a portable baseline (on
+# x86-64: AVX2, FMA, F16C), not -march=native: a native build also compiles llama.cpp's AMX
+# kernels, which crash on some hosts, and pip's own cache would hand a native wheel to later venvs.
+# A CMAKE_ARGS inherited from the shell could ask for CUDA or BLAS builds; keep the plain CPU one.
+llama_version="$(sed -n 's/.*"llama-cpp-python\[server\]==\([^"]*\)".*/\1/p' pyproject.toml)"
+llama_flags="-DGGML_CUDA=OFF -DGGML_BLAS=OFF -DGGML_NATIVE=OFF"  # as in deploy/Dockerfile
+llama_wheels="${XDG_CACHE_HOME:-$HOME/.cache}/voicefleet/wheels/llama-cpp-python-$llama_version-$(
+  echo "$llama_flags" | sha256sum | cut -c1-12)"
+
 # --- system packages -------------------------------------------------------------------------
 # Debian puts the service binaries in /usr/sbin, which a non-root PATH may lack.
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -61,8 +71,7 @@ have redis-server || packages+=(redis-server)
 if [ "$with_test_tools" -eq 1 ]; then
   have chromium || packages+=(chromium)
 fi
-# llama-cpp-python compiles from source unless pip's cache already holds the built wheel.
-if ! [ -x .venv/bin/python ] || ! .venv/bin/python -c 'import llama_cpp' >/dev/null 2>&1; then
+if ! compgen -G "$llama_wheels/llama_cpp_python-*.whl" >/dev/null; then
   have cmake || packages+=(cmake)
   have g++ || packages+=(g++)
 fi
@@ -82,17 +91,24 @@ if ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'
   exit 1
 fi
 
-# Re-running pip costs seconds of index lookups; do it only when pyproject.toml changed.
+if ! compgen -G "$llama_wheels/llama_cpp_python-*.whl" >/dev/null; then
+  say "building llama-cpp-python $llama_version (once per machine, ~5 min)"
+  mkdir -p "$llama_wheels.partial"
+  CMAKE_ARGS="$llama_flags" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" FORCE_CMAKE=1 \
+    quietly .venv/bin/python -m pip wheel --no-cache-dir --no-deps \
+    -w "$llama_wheels.partial" "llama-cpp-python==$llama_version"
+  rm -rf "$llama_wheels" && mv "$llama_wheels.partial" "$llama_wheels"
+fi
+
+# Re-running pip costs seconds of index lookups; do it only when something it installs changed.
 stamp=.venv/.voicefleet-installed
-wanted="$(sha256sum pyproject.toml | cut -d' ' -f1) dev,llm-server"
+wanted="$(sha256sum pyproject.toml | cut -d' ' -f1) dev,llm-server $llama_wheels"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ] \
   || ! .venv/bin/python -c 'import voicefleet, llama_cpp' >/dev/null 2>&1; then
-  say "installing Python packages (the first build of llama-cpp-python takes ~5 min)"
-  # A CMAKE_ARGS inherited from the shell could ask for CUDA or BLAS builds; keep the plain CPU one.
-  export CMAKE_ARGS="-DGGML_CUDA=OFF -DGGML_BLAS=OFF"
-  export CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"
-  unset FORCE_CMAKE
-  quietly .venv/bin/python -m pip install -e '.[dev,llm-server]'
+  say "installing Python packages"
+  # The wheel first, replacing any other build of the same version, then everything else.
+  quietly .venv/bin/python -m pip install --no-deps --force-reinstall "$llama_wheels"/*.whl
+  quietly .venv/bin/python -m pip install --find-links "$llama_wheels" -e '.[dev,llm-server]'
   echo "$wanted" >"$stamp"
 fi
 

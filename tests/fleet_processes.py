@@ -154,6 +154,14 @@ class Fleet:
         for process in reversed(list(self.processes.values())):
             process.stop()
 
+    def restore(self) -> None:
+        """Restart every process that has exited, and wait until the fleet serves again."""
+        exited = [p for p in self.processes.values() if p.process and p.process.poll() is not None]
+        for process in exited:
+            process.start()
+        if exited:
+            wait_until_serving(self)
+
 
 def wait_http(url: str, fleet: Fleet, timeout: float) -> None:
     deadline = time.monotonic() + timeout
@@ -175,6 +183,14 @@ def wait_for_workers(fleet: Fleet, timeout: float = 120.0) -> None:
             return
         time.sleep(0.5)
     raise TimeoutError(f"workers not consuming after {timeout}s\n{fleet.logs()}")
+
+
+def wait_until_serving(fleet: Fleet) -> None:
+    if "llm-server" in fleet.processes:
+        wait_http(f"{fleet.llm_url}/models", fleet, timeout=120)
+    for port in fleet.gateway_ports:
+        wait_http(f"http://127.0.0.1:{port}/readyz", fleet, timeout=60)
+    wait_for_workers(fleet)
 
 
 @contextlib.contextmanager
@@ -223,11 +239,7 @@ def running_fleet(
                 VF_WORKER_ID=f"gateway-{index}",
                 VF_GATEWAY_PORT=str(port),
             )
-        if not external_llm:
-            wait_http(f"{llm_url}/models", fleet, timeout=120)
-        for port in gateway_ports:
-            wait_http(f"http://127.0.0.1:{port}/readyz", fleet, timeout=60)
-        wait_for_workers(fleet)
+        wait_until_serving(fleet)
         yield fleet
     finally:
         fleet.stop()

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from fleet.state import SessionStore, connect_redis
-from tests.fleet_processes import Fleet, running_fleet, wait_http
+from tests.fleet_processes import Fleet, running_fleet
 from tests.speech import pcm, silence, speech, transcribe_reply, words
 from voicefleet.client import VoiceClient
 
@@ -44,9 +44,7 @@ def fleet() -> Iterator[Fleet]:
 def every_worker_running(fleet: Fleet) -> Iterator[None]:
     """A test may kill a process; the next one starts with the full fleet again."""
     yield
-    for process in fleet.processes.values():
-        if process.process is not None and process.process.poll() is not None:
-            process.start()
+    fleet.restore()
 
 
 def reply_audio(client: VoiceClient, turn: int) -> bytes:
@@ -218,5 +216,3 @@ async def test_client_resumes_on_another_gateway(fleet: Fleet, stop: signal.Sign
         (True, False),
         (False, True),
     ], history
-    gateway.start()
-    wait_http(f"{fleet.http_url}/readyz", fleet, timeout=60)

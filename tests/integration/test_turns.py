@@ -139,6 +139,20 @@ async def test_history_keeps_what_was_heard_of_an_interrupted_reply(store: Sessi
     assert await store.history(SID) == [Exchange("long story?", "Once upon a…", interrupted=True)]
 
 
+async def test_a_reply_cut_off_while_still_playing_corrects_its_history(
+    store: SessionStore,
+) -> None:
+    await store.record_exchange(SID, Exchange("hi", "hello!"))
+    await store.record_exchange(SID, Exchange("long story?", "Once upon a time. The end."))
+    await store.record_exchange(
+        SID, Exchange("long story?", "Once upon a time.", interrupted=True), replaces_last=True
+    )
+    assert await store.history(SID) == [
+        Exchange("hi", "hello!"),
+        Exchange("long story?", "Once upon a time.", interrupted=True),
+    ]
+
+
 async def test_history_respects_a_smaller_setting(settings: Settings, store: SessionStore) -> None:
     small = SessionStore(store.redis, settings.model_copy(update={"history_turns": 2}))
     for i in range(5):

@@ -1,0 +1,75 @@
+"""Audio arrives faster than real time: a whole reply may be sent while the user hears its first
+sentences. Talking then still stops it, and history keeps only what was heard.
+
+The fleet speaks with Piper, which synthesizes a long reply many times faster than it plays; with
+Kokoro on two shared cores the margin would be too thin to talk into reliably.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from fleet.state import SessionStore, connect_redis
+from tests.fleet_processes import Fleet, running_fleet
+from tests.speech import pcm, silence, speech, words
+from voicefleet.client import VoiceClient
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+LONG_REQUEST = "Please tell me a long story about a brave knight and a friendly dragon."
+INTERRUPTION = "Stop. What is two plus two?"
+OUTPUT_BYTES_PER_SECOND = 24000 * 2
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[Fleet]:
+    with running_fleet(
+        "e2e-tail",
+        tts_provider="piper",
+        llm_system_prompt="You are a storyteller. Tell stories of five or six sentences.",
+    ) as running:
+        yield running
+
+
+async def test_talking_over_a_reply_still_playing_after_it_was_sent_cuts_it_off(
+    fleet: Fleet,
+) -> None:
+    client = VoiceClient(fleet.ws_url)
+    await client.connect()
+    try:
+        await client.stream(pcm(silence(0.3), speech(LONG_REQUEST), silence(1.5)))
+        # Smart Turn may end the turn at a pause mid-request; the reply that matters is the one
+        # to the end of the request.
+        request = await client.wait_for("transcript", final=True, timeout=30)
+        while "dragon" not in words(str(request.data["text"])):  # type: ignore[index]
+            after = client.index_of(request) + 1
+            request = await client.wait_for("transcript", final=True, timeout=30, after=after)
+        start = await client.wait_for("audio_start", timeout=90, after=client.index_of(request))
+        assert isinstance(start.data, dict)
+        turn = start.data["turn"]
+        end = await client.wait_for("audio_end", timeout=180, turn=turn)
+        sent = sum(
+            len(r.data)
+            for r in client.received[client.index_of(start) : client.index_of(end)]
+            if isinstance(r.data, bytes)
+        )
+        still_playing = sent / OUTPUT_BYTES_PER_SECOND - (end.at - start.at)
+        assert still_playing > 5, f"only {still_playing:.1f}s of the reply left to play"
+
+        await client.stream(pcm(speech(INTERRUPTION), silence(2.0)))
+        cancel = await client.wait_for("audio_cancel", timeout=30, turn=turn)
+        assert client.index_of(cancel) > client.index_of(end)
+
+        store = SessionStore(connect_redis(fleet.settings), fleet.settings)
+        try:
+            history = await store.history(client.session_id)
+        finally:
+            await store.redis.aclose()
+        reply = "".join(e["text"] for e in client.events("assistant_text") if e["turn"] == turn)
+        story = next(h for h in history if "dragon" in h.user.lower())
+        assert story.interrupted, history
+        assert 0 < len(story.assistant) < len(reply.strip()), (story.assistant, reply)
+    finally:
+        await client.close()
