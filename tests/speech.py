@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from functools import lru_cache
 
@@ -55,6 +56,19 @@ def words(text: str) -> set[str]:
 @lru_cache(maxsize=1)
 def _whisper() -> WhisperModel:
     return WhisperModel(stt_model_location(get_settings()), device="cpu", compute_type="int8")
+
+
+def likeness(heard: str, said: str) -> float:
+    """How closely what Whisper heard spells what was said, 0..1 (letters and digits, in order).
+
+    Character-level, so a short reply with a foreign name that Whisper spells differently still
+    counts as that reply; unrelated English sentences score about 0.3.
+    """
+
+    def normalized(text: str) -> str:
+        return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+    return difflib.SequenceMatcher(a=normalized(said), b=normalized(heard)).ratio()
 
 
 def transcribe_reply(pcm24k: bytes) -> str:
