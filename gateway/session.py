@@ -107,6 +107,9 @@ class ClientConnection:
         # frames must never interleave: both publish under this lock.
         self._audio_lock = asyncio.Lock()
         self._turn: _Turn | None = None
+        # The request of a turn cut off before any of its reply played: the user paused
+        # mid-request and went on. The next turn answers it together with what followed.
+        self._unanswered = ""
         self._closed = False
 
     # --- sending ------------------------------------------------------------------------------
@@ -346,12 +349,14 @@ class ClientConnection:
             case TranscriptFinal(text=text, upto_seq=upto):
                 while self._replay and self._replay[0].seq <= upto:
                     self._replay.popleft()
+                said = text.strip()
                 # A cancel precedes the transcript that caused it, as it does for partials.
-                if text.strip() and turn is not None and turn.still_playing(now):
+                if said and turn is not None and turn.still_playing(now):
                     await self._barge_in(turn, now)
                 await self._send_event("transcript", text=text, final=True)
-                if text.strip():
-                    await self._start_turn(text.strip(), now)
+                # Speech that had no words (a cough) cut a request off: it is answered still.
+                if said or self._unanswered:
+                    await self._start_turn(said, now)
             case AssistantDelta(turn=number, index=index, text=text) if (
                 turn and number == turn.number and index >= turn.next_delta
             ):
@@ -378,7 +383,9 @@ class ClientConnection:
             case _:
                 pass  # an event of an older turn or stream: stale, never forwarded
 
-    async def _start_turn(self, user_text: str, now: float) -> None:
+    async def _start_turn(self, said: str, now: float) -> None:
+        user_text = f"{self._unanswered} {said}".strip()
+        self._unanswered = ""
         number = await self.hub.store.next_turn(self.session_id)
         self._turn = _Turn(number, user_text, now, ReplyAssembler(number))
         structlog.contextvars.bind_contextvars(turn=number)
@@ -399,10 +406,13 @@ class ClientConnection:
         """The user spoke over the reply: stop it everywhere, keep what was actually heard."""
         self._turn = None
         await self.hub.store.next_turn(self.session_id)
-        # A reply fully sent may still be playing: what was heard replaces what was recorded.
-        await self._record_turn(turn, interrupted=True, heard_seconds=turn.seconds_played(now))
+        if turn.first_audio_at is None:
+            self._unanswered = turn.user_text
+        else:
+            # A reply fully sent may still be playing: what was heard replaces what was recorded.
+            await self._record_turn(turn, interrupted=True, heard_seconds=turn.seconds_played(now))
         await self._send_event("audio_cancel", turn=turn.number)
-        log.info("barge_in", cancelled_turn=turn.number)
+        log.info("barge_in", cancelled_turn=turn.number, unanswered=turn.first_audio_at is None)
 
     async def _record_turn(
         self, turn: _Turn, *, interrupted: bool, heard_seconds: float | None = None

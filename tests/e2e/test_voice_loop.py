@@ -106,3 +106,35 @@ async def test_barge_in_stops_old_audio(fleet: Fleet) -> None:
         assert any("knight" in h.user.lower() or "dragon" in h.user.lower() for h in cut), history
     finally:
         await client.close()
+
+
+async def test_a_request_continued_after_a_pause_is_answered_whole(fleet: Fleet) -> None:
+    client = VoiceClient(fleet.ws_url)
+    await client.connect()
+    try:
+        await client.stream(
+            pcm(
+                silence(0.3),
+                speech("Tell me a story about a brave knight."),
+                silence(0.6),
+                speech("And put a dragon in it."),
+                silence(2.0),
+            )
+        )
+        finals = [e for e in client.events("transcript") if e["final"] and e["text"].strip()]
+        # Smart Turn ends a turn after the first sentence; the pause is shorter than a reply takes.
+        assert len(finals) == 2, finals
+        start = await client.wait_for("audio_start", timeout=90)
+        assert isinstance(start.data, dict)
+        await client.wait_for("audio_end", timeout=180, turn=start.data["turn"])
+        assert {e["turn"] for e in client.events("audio_start")} == {start.data["turn"]}
+
+        store = SessionStore(connect_redis(fleet.settings), fleet.settings)
+        try:
+            history = await store.history(client.session_id)
+        finally:
+            await store.redis.aclose()
+        assert len(history) == 1, history
+        assert {"knight", "dragon"} <= words(history[0].user), history
+    finally:
+        await client.close()
