@@ -406,13 +406,14 @@ class ClientConnection:
         """The user spoke over the reply: stop it everywhere, keep what was actually heard."""
         self._turn = None
         await self.hub.store.next_turn(self.session_id)
-        if turn.first_audio_at is None:
+        unanswered = turn.first_audio_at is None
+        if unanswered:
             self._unanswered = turn.user_text
         else:
             # A reply fully sent may still be playing: what was heard replaces what was recorded.
             await self._record_turn(turn, interrupted=True, heard_seconds=turn.seconds_played(now))
         await self._send_event("audio_cancel", turn=turn.number)
-        log.info("barge_in", cancelled_turn=turn.number, unanswered=turn.first_audio_at is None)
+        log.info("barge_in", cancelled_turn=turn.number, unanswered=unanswered)
 
     async def _record_turn(
         self, turn: _Turn, *, interrupted: bool, heard_seconds: float | None = None
@@ -424,8 +425,10 @@ class ClientConnection:
         await self.hub.store.record_exchange(
             self.session_id, Exchange(turn.user_text, spoken, interrupted), replaces_last=correction
         )
-        entries = [("user", turn.user_text), ("assistant", spoken)]
-        for role, text in entries[1:] if correction else entries:
+        if not correction:
             await self.hub.bus.publish(
-                ConversationEntry(self.session_id, turn.number, role, text, interrupted)
+                ConversationEntry(self.session_id, turn.number, "user", turn.user_text, interrupted)
             )
+        await self.hub.bus.publish(
+            ConversationEntry(self.session_id, turn.number, "assistant", spoken, interrupted)
+        )

@@ -60,6 +60,7 @@ llama_version="$(sed -n 's/.*"llama-cpp-python\[server\]==\([^"]*\)".*/\1/p' pyp
 llama_flags="-DGGML_CUDA=OFF -DGGML_BLAS=OFF -DGGML_NATIVE=OFF"  # as in deploy/Dockerfile
 llama_wheels="${XDG_CACHE_HOME:-$HOME/.cache}/voicefleet/wheels/llama-cpp-python-$llama_version-$(
   echo "$llama_flags" | sha256sum | cut -c1-12)"
+llama_built() { compgen -G "$llama_wheels/llama_cpp_python-*.whl" >/dev/null; }
 
 # --- system packages -------------------------------------------------------------------------
 # Debian puts the service binaries in /usr/sbin, which a non-root PATH may lack.
@@ -71,7 +72,7 @@ have redis-server || packages+=(redis-server)
 if [ "$with_test_tools" -eq 1 ]; then
   have chromium || packages+=(chromium)
 fi
-if ! compgen -G "$llama_wheels/llama_cpp_python-*.whl" >/dev/null; then
+if ! llama_built; then
   have cmake || packages+=(cmake)
   have g++ || packages+=(g++)
 fi
@@ -91,7 +92,7 @@ if ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'
   exit 1
 fi
 
-if ! compgen -G "$llama_wheels/llama_cpp_python-*.whl" >/dev/null; then
+if ! llama_built; then
   say "building llama-cpp-python $llama_version (once per machine, ~5 min)"
   mkdir -p "$llama_wheels.partial"
   CMAKE_ARGS="$llama_flags" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" FORCE_CMAKE=1 \

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from fleet.settings import Settings
+from fleet.state import Exchange, SessionStore, connect_redis
 from voicefleet.namespaces import consumer_counts, delete_namespace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,6 +154,14 @@ class Fleet:
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
             process.stop()
+
+    async def history(self, session_id: str) -> list[Exchange]:
+        """The session's conversation history as the fleet keeps it in Redis."""
+        store = SessionStore(connect_redis(self.settings), self.settings)
+        try:
+            return await store.history(session_id)
+        finally:
+            await store.redis.aclose()
 
     def restore(self) -> None:
         """Restart every process that has exited, and wait until the fleet serves again."""

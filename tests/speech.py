@@ -49,8 +49,13 @@ def pcm(*parts: FloatArray) -> bytes:
     return float32_to_pcm16(np.concatenate(parts))
 
 
+def spoken_words(text: str) -> list[str]:
+    """The words of ``text`` in order, lower-case, without punctuation."""
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
 def words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z0-9]+", text.lower()))
+    return set(spoken_words(text))
 
 
 @lru_cache(maxsize=1)
@@ -64,11 +69,9 @@ def likeness(heard: str, said: str) -> float:
     Character-level, so a short reply with a foreign name that Whisper spells differently still
     counts as that reply; unrelated English sentences score about 0.3.
     """
-
-    def normalized(text: str) -> str:
-        return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
-
-    return difflib.SequenceMatcher(a=normalized(said), b=normalized(heard)).ratio()
+    return difflib.SequenceMatcher(
+        a=" ".join(spoken_words(said)), b=" ".join(spoken_words(heard))
+    ).ratio()
 
 
 def transcribe_reply(pcm24k: bytes) -> str:

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from fleet.state import SessionStore, connect_redis
 from tests.fleet_processes import Fleet, running_fleet
 from tests.speech import pcm, silence, speech, words
 from voicefleet.client import VoiceClient
@@ -62,11 +61,7 @@ async def test_talking_over_a_reply_still_playing_after_it_was_sent_cuts_it_off(
         cancel = await client.wait_for("audio_cancel", timeout=30, turn=turn)
         assert client.index_of(cancel) > client.index_of(end)
 
-        store = SessionStore(connect_redis(fleet.settings), fleet.settings)
-        try:
-            history = await store.history(client.session_id)
-        finally:
-            await store.redis.aclose()
+        history = await fleet.history(client.session_id)
         reply = "".join(e["text"] for e in client.events("assistant_text") if e["turn"] == turn)
         story = next(h for h in history if "dragon" in h.user.lower())
         assert story.interrupted, history

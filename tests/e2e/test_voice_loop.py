@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.state import SessionStore, connect_redis
 from tests.fleet_processes import Fleet
 from tests.speech import likeness, pcm, silence, speech, transcribe_reply, words
 from voicefleet.client import VoiceClient
@@ -95,11 +94,7 @@ async def test_barge_in_stops_old_audio(fleet: Fleet) -> None:
         assert isinstance(final.data, dict)
         assert {"two", "plus"} <= words(final.data["text"]) or "2" in final.data["text"]
 
-        store = SessionStore(connect_redis(fleet.settings), fleet.settings)
-        try:
-            history = await store.history(client.session_id)
-        finally:
-            await store.redis.aclose()
+        history = await fleet.history(client.session_id)
         # The request may itself have been split (Smart Turn can end the turn at a pause, and
         # the rest of the sentence then barges in on that turn); the reply to it was cut short.
         cut = [h for h in history if h.interrupted]
@@ -129,11 +124,7 @@ async def test_a_request_continued_after_a_pause_is_answered_whole(fleet: Fleet)
         await client.wait_for("audio_end", timeout=180, turn=start.data["turn"])
         assert {e["turn"] for e in client.events("audio_start")} == {start.data["turn"]}
 
-        store = SessionStore(connect_redis(fleet.settings), fleet.settings)
-        try:
-            history = await store.history(client.session_id)
-        finally:
-            await store.redis.aclose()
+        history = await fleet.history(client.session_id)
         assert len(history) == 1, history
         assert {"knight", "dragon"} <= words(history[0].user), history
     finally:
