@@ -1,16 +1,18 @@
 """The broker topology: names, declarations, and where each message kind is routed.
 
-One routing table (:data:`ROUTES`) decides where a message goes, so a publisher only says *what*
-it sends. All names carry the settings' namespace so that several fleets (or test runs) can share
-one broker without seeing each other.
+:data:`ROUTES` gives each message kind its route, and :data:`TOPOLOGY` each route its exchange,
+routing key, persistence, priority and queue arguments; declaring the topology and publishing
+both read them, so a publisher only says *what* it sends. All names carry the settings' namespace
+so that several fleets (or test runs) can share one broker without seeing each other.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
+from operator import attrgetter
 from typing import Any
 
 import aio_pika
@@ -54,8 +56,8 @@ class BrokerUnavailable(ConnectionError):
 
 
 class Route(Enum):
-    EVENTS = "events"  # vf.events, key = session id: back to the session's gateway
-    AUDIO = "audio"  # vf.audio, key = stream id: to the STT worker holding the stream's lease
+    EVENTS = "events"
+    AUDIO = "audio"
     STT_SESSIONS = "stt.sessions"
     LLM_TURNS = "llm.turns"
     TTS_JOBS = "tts.jobs"
@@ -81,16 +83,6 @@ ROUTES: dict[type[Message], Route] = {
     contracts.ConversationEntry: Route.TRANSCRIPTS,
 }
 
-# Work whose loss would lose a turn survives a broker restart; audio and events are live only.
-_PERSISTENT: frozenset[type[Message]] = frozenset(
-    {
-        contracts.SessionOpen,
-        contracts.TurnRequest,
-        contracts.TtsRequest,
-        contracts.ConversationEntry,
-    }
-)
-
 TTS_MAX_PRIORITY = 9
 
 
@@ -99,58 +91,119 @@ def tts_priority(sentence: int) -> int:
     return max(TTS_MAX_PRIORITY - 4 * sentence, 0)
 
 
+def _sentence_priority(message: Message) -> int:
+    sentence: int = attrgetter("sentence")(message)
+    return tts_priority(sentence)
+
+
+class QueueKind(Enum):
+    WORK = "work"  # competing consumers; poison goes to the dead letters
+    STREAM = "stream"  # an append-only log, replayable by offset, kept for ``transcripts_max_age``
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """Everything the broker needs to know about one route; names are before the namespace.
+
+    A keyed route publishes to the direct ``exchange`` with the value of the message's ``key``
+    field as routing key: each consumer binds its own exclusive queue once per key it serves
+    (:class:`fleet.inbox.KeyedInbox`). A queue route publishes to the default exchange, so the
+    routing key is the name of its durable ``queue``.
+    """
+
+    exchange: str = ""
+    key: str = ""
+    queue: str = ""
+    queue_kind: QueueKind = QueueKind.WORK
+    # Work whose loss would lose a turn survives a broker restart; audio and events are live only.
+    persistent: bool = False
+    max_priority: int = 0
+    priority: Callable[[Message], int] | None = None
+
+    def key_of(self, message: Message) -> str:
+        return str(getattr(message, self.key))
+
+    def routing_key(self, names: Names, message: Message) -> str:
+        return self.key_of(message) if self.key else names.name(self.queue)
+
+    def queue_arguments(self, names: Names, settings: Settings) -> dict[str, Any]:
+        if self.queue_kind is QueueKind.STREAM:
+            return {"x-queue-type": "stream", "x-max-age": settings.transcripts_max_age}
+        arguments: dict[str, Any] = {"x-dead-letter-exchange": names.dead_letter_exchange}
+        if self.max_priority:
+            arguments["x-max-priority"] = self.max_priority
+        return arguments
+
+
+TOPOLOGY: dict[Route, RouteSpec] = {
+    # Back to the gateway serving the session.
+    Route.EVENTS: RouteSpec(exchange="vf.events", key="session_id"),
+    # To the STT worker holding the stream's lease.
+    Route.AUDIO: RouteSpec(exchange="vf.audio", key="stream_id"),
+    Route.STT_SESSIONS: RouteSpec(queue="stt.sessions", persistent=True),
+    Route.LLM_TURNS: RouteSpec(queue="llm.turns", persistent=True),
+    Route.TTS_JOBS: RouteSpec(
+        queue="tts.jobs",
+        persistent=True,
+        max_priority=TTS_MAX_PRIORITY,
+        priority=_sentence_priority,
+    ),
+    Route.TRANSCRIPTS: RouteSpec(
+        queue="vf.transcripts", queue_kind=QueueKind.STREAM, persistent=True
+    ),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Names:
     namespace: str = ""
 
-    def _n(self, name: str) -> str:
-        return f"{self.namespace}.{name}" if self.namespace else name
+    def name(self, base: str) -> str:
+        return f"{self.namespace}.{base}" if self.namespace else base
+
+    def exchange(self, route: Route) -> str:
+        return self.name(TOPOLOGY[route].exchange)
+
+    def work_queue(self, route: Route) -> str:
+        return self.name(TOPOLOGY[route].queue)
 
     @property
     def events_exchange(self) -> str:
-        return self._n("vf.events")
+        return self.exchange(Route.EVENTS)
 
     @property
     def audio_exchange(self) -> str:
-        return self._n("vf.audio")
+        return self.exchange(Route.AUDIO)
 
     @property
     def dead_letter_exchange(self) -> str:
-        return self._n("vf.dlx")
+        return self.name("vf.dlx")
 
     @property
     def dead_letter_queue(self) -> str:
-        return self._n("vf.dead-letters")
+        return self.name("vf.dead-letters")
 
     @property
     def stt_sessions(self) -> str:
-        return self._n("stt.sessions")
+        return self.work_queue(Route.STT_SESSIONS)
 
     @property
     def llm_turns(self) -> str:
-        return self._n("llm.turns")
+        return self.work_queue(Route.LLM_TURNS)
 
     @property
     def tts_jobs(self) -> str:
-        return self._n("tts.jobs")
+        return self.work_queue(Route.TTS_JOBS)
 
     @property
     def transcripts_stream(self) -> str:
-        return self._n("vf.transcripts")
+        return self.work_queue(Route.TRANSCRIPTS)
 
     def gateway_queue(self, gateway_id: str) -> str:
-        return self._n(f"gateway.{gateway_id}")
+        return self.name(f"gateway.{gateway_id}")
 
     def stt_queue(self, worker_id: str) -> str:
-        return self._n(f"stt.{worker_id}")
-
-    def work_queue(self, route: Route) -> str:
-        return {
-            Route.STT_SESSIONS: self.stt_sessions,
-            Route.LLM_TURNS: self.llm_turns,
-            Route.TTS_JOBS: self.tts_jobs,
-            Route.TRANSCRIPTS: self.transcripts_stream,
-        }[route]
+        return self.name(f"stt.{worker_id}")
 
 
 class Bus:
@@ -234,12 +287,6 @@ class Bus:
         channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         self._publish_channel = channel
         names = self.names
-        events = await channel.declare_exchange(
-            names.events_exchange, aio_pika.ExchangeType.DIRECT, durable=True
-        )
-        audio = await channel.declare_exchange(
-            names.audio_exchange, aio_pika.ExchangeType.DIRECT, durable=True
-        )
         dlx = await channel.declare_exchange(
             names.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
         )
@@ -250,45 +297,25 @@ class Bus:
             arguments={"x-max-length": 100_000, "x-message-ttl": 7 * 24 * 3600 * 1000},
         )
         await dead_letters.bind(dlx)
-        dead_lettered = {"x-dead-letter-exchange": names.dead_letter_exchange}
-        await channel.declare_queue(names.stt_sessions, durable=True, arguments=dead_lettered)
-        await channel.declare_queue(names.llm_turns, durable=True, arguments=dead_lettered)
-        await channel.declare_queue(
-            names.tts_jobs,
-            durable=True,
-            arguments={**dead_lettered, "x-max-priority": TTS_MAX_PRIORITY},
-        )
-        await channel.declare_queue(
-            names.transcripts_stream,
-            durable=True,
-            arguments={
-                "x-queue-type": "stream",
-                "x-max-age": self.settings.transcripts_max_age,
-            },
-        )
-        self._exchanges = {
-            Route.EVENTS: events,
-            Route.AUDIO: audio,
-            Route.STT_SESSIONS: channel.default_exchange,
-            Route.LLM_TURNS: channel.default_exchange,
-            Route.TTS_JOBS: channel.default_exchange,
-            Route.TRANSCRIPTS: channel.default_exchange,
-        }
+        exchanges: dict[Route, AbstractExchange] = {}
+        for route, spec in TOPOLOGY.items():
+            if spec.exchange:
+                exchanges[route] = await channel.declare_exchange(
+                    names.exchange(route), aio_pika.ExchangeType.DIRECT, durable=True
+                )
+            else:
+                await channel.declare_queue(
+                    names.work_queue(route),
+                    durable=True,
+                    arguments=spec.queue_arguments(names, self.settings),
+                )
+                exchanges[route] = channel.default_exchange
+        self._exchanges = exchanges
 
     async def publish(self, message: Message, *, mandatory: bool = False) -> None:
         route = ROUTES[type(message)]
+        spec = TOPOLOGY[route]
         envelope = contracts.encode(message)
-        if route is Route.EVENTS:
-            key = envelope.session_id
-        elif isinstance(
-            message, contracts.AudioChunk | contracts.ReplayDone | contracts.SessionClose
-        ):
-            key = message.stream_id
-        else:
-            key = self.names.work_queue(route)
-        priority = None
-        if isinstance(message, contracts.TtsRequest):
-            priority = tts_priority(message.sentence)
         amqp_message = aio_pika.Message(
             body=envelope.body,
             headers=envelope.headers,
@@ -296,10 +323,10 @@ class Bus:
             type=envelope.kind,
             correlation_id=envelope.session_id,
             message_id=envelope.message_id,
-            priority=priority,
+            priority=spec.priority(message) if spec.priority else None,
             delivery_mode=(
                 aio_pika.DeliveryMode.PERSISTENT
-                if type(message) in _PERSISTENT
+                if spec.persistent
                 else aio_pika.DeliveryMode.NOT_PERSISTENT
             ),
         )
@@ -311,7 +338,9 @@ class Bus:
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT_S):
                 await self._exchanges[route].publish(
-                    amqp_message, routing_key=key, mandatory=mandatory
+                    amqp_message,
+                    routing_key=spec.routing_key(self.names, message),
+                    mandatory=mandatory,
                 )
         except aiormq.exceptions.DeliveryError:
             raise  # unroutable (mandatory) or nacked: the broker is there, the caller decides
@@ -324,14 +353,11 @@ class Bus:
         return channel
 
     async def exclusive_queue(self, channel: AbstractChannel, name: str) -> AbstractQueue:
-        """A process-owned queue that vanishes with its connection (gateway events, STT audio)."""
+        """A process-owned queue that vanishes with its connection (a keyed inbox's)."""
         return await channel.declare_queue(name, exclusive=True, auto_delete=True)
 
     async def exchange(self, channel: AbstractChannel, route: Route) -> AbstractExchange:
-        name = {Route.EVENTS: self.names.events_exchange, Route.AUDIO: self.names.audio_exchange}[
-            route
-        ]
-        return await channel.get_exchange(name)
+        return await channel.get_exchange(self.names.exchange(route))
 
     async def work_queue(self, channel: AbstractChannel, route: Route) -> AbstractQueue:
         return await channel.get_queue(self.names.work_queue(route), ensure=True)
@@ -354,20 +380,3 @@ async def settle(action: Awaitable[Any], what: str) -> bool:
 def decode_incoming(incoming: AbstractIncomingMessage) -> Message:
     headers: dict[str, Any] = dict(incoming.headers or {})
     return contracts.decode(incoming.type, incoming.correlation_id, incoming.body, headers)
-
-
-async def prune_bindings(queue: AbstractQueue, keep: Collection[str]) -> None:
-    """Unbind every routing key of ``queue`` that is not in ``keep``.
-
-    A robust queue re-creates, after a reconnection, every binding made through it that was not
-    unbound; one whose owner went away while the broker was unreachable (its unbind could not
-    be sent) would come back. Called from an ``on_restored`` hook, this drops those.
-    """
-    remembered = getattr(queue, "_bindings", {})  # aio-pika's RobustQueue binding memory
-    for exchange, key in list(remembered):
-        if key not in keep:
-            try:
-                await queue.unbind(exchange, routing_key=key)
-            except CONNECTION_ERRORS as exc:
-                log.warning("stale_binding_kept", key=key, error=str(exc))
-                return

@@ -49,15 +49,25 @@ class Runtime:
         concurrency: int,
     ) -> None:
         """Consume a work queue until SIGTERM, then finish what is in hand and return."""
-        channel = await self.bus.channel(prefetch=concurrency)
-        queue = await self.bus.work_queue(channel, route)
 
         async def on_message(incoming: AbstractIncomingMessage) -> None:
             async with self.working():
-                await self.handle_job(queue.name, incoming, expects, handler)
+                await self.handle_job(route, incoming, expects, handler)
 
+        await self.serve_queue(route, concurrency, on_message, self.drain)
+
+    async def serve_queue(
+        self,
+        route: Route,
+        prefetch: int,
+        on_message: Callable[[AbstractIncomingMessage], Awaitable[None]],
+        drain: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Consume a work queue with ``on_message`` until SIGTERM, then ``drain`` and return."""
+        channel = await self.bus.channel(prefetch=prefetch)
+        queue = await self.bus.work_queue(channel, route)
         tag = await queue.consume(on_message)
-        log.info("serving", queue=queue.name, concurrency=concurrency)
+        log.info("serving", queue=queue.name, prefetch=prefetch)
         await self.stopping.wait()
         try:
             async with asyncio.timeout(5.0):
@@ -65,7 +75,7 @@ class Runtime:
         except CONNECTION_ERRORS as exc:
             # The broker is away: nothing more will be delivered on this channel anyway.
             log.warning("cancel_failed", error=f"{type(exc).__name__}: {exc}")
-        await self.drain()
+        await drain()
         with contextlib.suppress(*CONNECTION_ERRORS):
             async with asyncio.timeout(5.0):
                 await channel.close()
@@ -92,33 +102,47 @@ class Runtime:
         except TimeoutError:
             log.warning("drain_deadline_passed", unfinished=self._active)
 
+    async def accept(
+        self, route: Route, incoming: AbstractIncomingMessage, expects: type[M]
+    ) -> M | None:
+        """The delivery's message; None when it is poison (undecodable or of another kind),
+        which is dead-lettered."""
+        try:
+            message = decode_incoming(incoming)
+        except ContractError as exc:
+            await self.dead_letter(route, incoming, "malformed", str(exc))
+            return None
+        if not isinstance(message, expects):
+            await self.dead_letter(route, incoming, "wrong_kind", f"{message.KIND} here")
+            return None
+        return message
+
+    async def requeue_redis_down(self, incoming: AbstractIncomingMessage, exc: RedisError) -> None:
+        """Without Redis nothing can be done safely; hand the delivery back rather than hold it."""
+        log.warning("job_requeued_redis_unavailable", kind=incoming.type, error=str(exc))
+        # Not at once: it would come straight back, and Redis is rarely back within a second.
+        await asyncio.sleep(1.0)
+        await settle(incoming.reject(requeue=True), "requeue")
+
     async def handle_job(
         self,
-        queue_name: str,
+        route: Route,
         incoming: AbstractIncomingMessage,
         expects: type[M],
         handler: Callable[[M], Awaitable[None]],
     ) -> None:
-        try:
-            message = decode_incoming(incoming)
-        except ContractError as exc:
-            await self.dead_letter(queue_name, incoming, "malformed", str(exc))
-            return
-        if not isinstance(message, expects):
-            await self.dead_letter(queue_name, incoming, "wrong_kind", f"{message.KIND} here")
+        message = await self.accept(route, incoming, expects)
+        if message is None:
             return
         delivery_id = incoming.message_id or hashlib.sha256(incoming.body).hexdigest()
         try:
             deliveries = await self.store.count_delivery(delivery_id)
         except RedisError as exc:
-            # Without Redis nothing can be done safely; hand the job back rather than hold it.
-            log.warning("job_requeued_redis_unavailable", error=str(exc))
-            await asyncio.sleep(1.0)
-            await settle(incoming.reject(requeue=True), "requeue")
+            await self.requeue_redis_down(incoming, exc)
             return
         if deliveries > self.settings.max_deliveries:
             await self.dead_letter(
-                queue_name, incoming, "too_many_deliveries", f"{deliveries - 1} attempts failed"
+                route, incoming, "too_many_deliveries", f"{deliveries - 1} attempts failed"
             )
             return
         telemetry.JOBS_IN_FLIGHT.inc()
@@ -131,7 +155,7 @@ class Runtime:
             raise
         except Exception as exc:
             telemetry.ERRORS.labels(self.role, type(exc).__name__).inc()
-            log.exception("job_failed", queue=queue_name, attempt=deliveries)
+            log.exception("job_failed", queue=self.bus.names.work_queue(route), attempt=deliveries)
             # If the broker connection is what failed, the delivery is void already and the
             # broker redelivers the job when it is back.
             await settle(incoming.reject(requeue=True), "requeue")
@@ -141,8 +165,9 @@ class Runtime:
         await settle(incoming.ack(), "ack")
 
     async def dead_letter(
-        self, queue_name: str, incoming: AbstractIncomingMessage, reason: str, detail: str
+        self, route: Route, incoming: AbstractIncomingMessage, reason: str, detail: str
     ) -> None:
+        queue_name = self.bus.names.work_queue(route)
         telemetry.DEAD_LETTERED.labels(queue_name, reason).inc()
         log.error(
             "dead_lettered",

@@ -1,7 +1,7 @@
 """The gateway process's side of the fleet: its events queue, Redis, and the live connections.
 
-Every gateway owns one exclusive queue bound to ``vf.events`` once per session it serves; the
-hub reads it in delivery order and hands each event to its session's inbox.
+Every gateway owns one keyed inbox on ``vf.events`` (:class:`fleet.inbox.KeyedInbox`), bound once
+per session it serves; each event goes to its session's sink in delivery order.
 """
 
 from __future__ import annotations
@@ -13,27 +13,18 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
 from fleet import telemetry
-from fleet.contracts import ContractError, Message
+from fleet.contracts import Message
+from fleet.inbox import KeyedInbox
 from fleet.settings import Settings
 from fleet.state import SessionStore, connect_redis
-from fleet.topology import (
-    CONNECTION_ERRORS,
-    BrokerUnavailable,
-    Bus,
-    Route,
-    decode_incoming,
-    prune_bindings,
-)
+from fleet.topology import Bus, Route
 
 log = structlog.get_logger(__name__)
 
 # How often the hub refreshes its sessions' records in Redis (and re-creates lost ones).
 KEEPALIVE_INTERVAL_S = 2.0
-# A bind or unbind that takes longer has failed: the broker is unreachable.
-BIND_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +50,8 @@ class Hub:
         self.redis = connect_redis(settings)
         self.store = SessionStore(self.redis, settings)
         self._bus: Bus | None = None
-        self._channel: AbstractChannel | None = None
-        self._events: AbstractQueue | None = None
-        self._exchange: AbstractExchange | None = None
-        self._sinks: dict[str, EventSink] = {}
+        self._events: KeyedInbox[EventSink] | None = None
         self._streams: dict[str, str] = {}  # session id -> its live stream id on this gateway
-        self._reader: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
 
     @property
@@ -75,22 +62,24 @@ class Hub:
 
     async def start(self) -> None:
         self._bus = await Bus.connect(self.settings, f"voicefleet-{self.gateway_id}")
-        self._channel = await self._bus.channel(prefetch=0)
-        self._exchange = await self._bus.exchange(self._channel, Route.EVENTS)
-        self._events = await self._bus.exclusive_queue(
-            self._channel, self._bus.names.gateway_queue(self.gateway_id)
+        self._events = KeyedInbox(
+            self._bus,
+            Route.EVENTS,
+            self._bus.names.gateway_queue(self.gateway_id),
+            role="gateway",
+            malformed="malformed_event",
         )
-        self._reader = asyncio.create_task(self._read_events(self._events), name="events")
+        await self._events.start()
         self._bus.on_lost(self._on_broker_lost)
-        self._bus.on_restored(self._on_broker_restored)
         self._keepalive = asyncio.create_task(self._keep_sessions_alive(), name="keepalive")
 
     async def stop(self) -> None:
-        for task in (self._reader, self._keepalive):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
+        if self._events is not None:
+            await self._events.close()
         if self._bus is not None:
             await self._bus.close()
         await self.redis.aclose()
@@ -116,43 +105,26 @@ class Hub:
         Redis alive while it is attached (and re-creates it if Redis lost it).
         Raises :class:`BrokerUnavailable` when the broker is unreachable.
         """
-        assert self._events is not None and self._exchange is not None
-        if not self.bus.available.is_set():
-            raise BrokerUnavailable("the message broker is unreachable; reconnecting")
-        self._sinks[session_id] = sink
+        assert self._events is not None
         if stream_id:
             self._streams[session_id] = stream_id
         try:
-            async with asyncio.timeout(BIND_TIMEOUT_S):
-                await self._events.bind(self._exchange, routing_key=session_id)
-        except CONNECTION_ERRORS as exc:
-            raise BrokerUnavailable(f"bind failed: {type(exc).__name__}: {exc}") from exc
-        telemetry.SESSIONS.set(len(self._sinks))
+            await self._events.add(session_id, sink)
+        finally:
+            telemetry.SESSIONS.set(len(self._events))
 
     async def detach(self, session_id: str, sink: EventSink) -> None:
-        # ``!=``, not ``is not``: a bound method (``inbox.put_nowait``) is a new object each time
-        # it is read, but compares equal to another of the same method and object.
-        if self._sinks.get(session_id) != sink:
-            return
-        del self._sinks[session_id]
-        self._streams.pop(session_id, None)
-        telemetry.SESSIONS.set(len(self._sinks))
-        assert self._events is not None and self._exchange is not None
-        if not self.bus.available.is_set():
-            return  # the binding is pruned once the broker is back (_on_broker_restored)
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(BIND_TIMEOUT_S):
-                await self._events.unbind(self._exchange, routing_key=session_id)
+        assert self._events is not None
+        if await self._events.remove(session_id, sink):
+            self._streams.pop(session_id, None)
+            telemetry.SESSIONS.set(len(self._events))
 
     # --- faults -------------------------------------------------------------------------------
 
     def _on_broker_lost(self) -> None:
-        for session_id, sink in list(self._sinks.items()):
+        assert self._events is not None
+        for session_id, sink in self._events.items():
             sink(BrokerLost(session_id))
-
-    async def _on_broker_restored(self) -> None:
-        if self._events is not None:
-            await prune_bindings(self._events, set(self._sinks))
 
     async def _keep_sessions_alive(self) -> None:
         """Refresh the records of this gateway's live sessions in Redis, re-creating lost ones.
@@ -171,17 +143,3 @@ class Hub:
                 except Exception as exc:
                     log.warning("session_keepalive_failed", error=f"{type(exc).__name__}: {exc}")
                     break
-
-    async def _read_events(self, queue: AbstractQueue) -> None:
-        # Events are live and only meaningful to this process's connections: nothing to ack.
-        async with queue.iterator(no_ack=True) as events:
-            async for incoming in events:
-                try:
-                    message = decode_incoming(incoming)
-                except ContractError as exc:
-                    telemetry.ERRORS.labels("gateway", "malformed_event").inc()
-                    log.warning("malformed_event_dropped", error=str(exc)[:300])
-                    continue
-                sink = self._sinks.get(message.session_id)
-                if sink is not None:
-                    sink(message)

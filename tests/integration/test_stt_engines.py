@@ -18,11 +18,11 @@ from fleet.audio import FloatArray
 from fleet.model_paths import model_paths
 from fleet.settings import Settings, get_settings
 from tests.speech import FRAME_BYTES, RATE, frames, silence, speech
+from workers.stt.endpointing import StartSpeech
 from workers.stt.engines import SpeechRecognizer
 from workers.stt.transcriber import (
     FinalTranscript,
     PartialTranscript,
-    SpeechStarted,
     StreamingTranscriber,
     SttEngines,
     SttEvent,
@@ -99,8 +99,8 @@ async def test_question_gives_start_partials_and_one_final(
     )
 
     kinds = [type(e) for _, e in events]
-    assert kinds[0] is SpeechStarted
-    assert kinds.count(SpeechStarted) == 1
+    assert kinds[0] is StartSpeech
+    assert kinds.count(StartSpeech) == 1
     assert PartialTranscript in kinds
     (final,) = _finals(events)
     assert kinds[-1] is FinalTranscript
@@ -144,7 +144,7 @@ async def test_replayed_frames_are_ignored(
     events += await transcriber.flush()
     finals = [e for e in events if isinstance(e, FinalTranscript)]
     assert len(finals) == 1
-    assert [type(e) for e in events].count(SpeechStarted) == 1
+    assert [type(e) for e in events].count(StartSpeech) == 1
     assert finals[0].upto_seq < len(chunks)
 
 

@@ -20,7 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 from fleet import telemetry
-from fleet.audio import FloatArray, pcm16_to_float32
+from fleet.audio import INPUT_SAMPLE_RATE, FloatArray, pcm16_to_float32
 from fleet.model_paths import model_paths, stt_model_location
 from fleet.settings import Settings
 from workers.stt.endpointing import (
@@ -33,7 +33,7 @@ from workers.stt.endpointing import (
     Partial,
     StartSpeech,
 )
-from workers.stt.engines import SAMPLE_RATE, SpeechRecognizer, TurnDetector, VoiceActivityDetector
+from workers.stt.engines import SpeechRecognizer, TurnDetector, VoiceActivityDetector
 from workers.stt.scheduler import BACKGROUND, URGENT, PriorityExecutor
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,6 @@ _WORDLIKE = re.compile(r"\w")
 
 
 @dataclass(frozen=True, slots=True)
-class SpeechStarted:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
 class PartialTranscript:
     text: str
 
@@ -66,7 +61,8 @@ class FinalTranscript:
     upto_seq: int
 
 
-SttEvent = SpeechStarted | PartialTranscript | FinalTranscript
+# The endpointer's StartSpeech is passed on as it is: nothing needs adding to it.
+SttEvent = StartSpeech | PartialTranscript | FinalTranscript
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +108,7 @@ class StreamingTranscriber:
         self._language = language or settings.stt_language
         self._endpointer = Endpointer(
             EndpointConfig.from_settings(
-                settings, sample_rate=SAMPLE_RATE, chunk=engines.vad.chunk_samples
+                settings, sample_rate=INPUT_SAMPLE_RATE, chunk=engines.vad.chunk_samples
             )
         )
         self._vad = engines.vad.stream()
@@ -131,7 +127,7 @@ class StreamingTranscriber:
 
     @property
     def in_utterance(self) -> bool:
-        """True between SpeechStarted and the end of that utterance (a bad moment to hand off)."""
+        """True between StartSpeech and the end of that utterance (a bad moment to hand off)."""
         return self._endpointer.speaking
 
     async def feed(self, seq: int, pcm16: bytes) -> list[SttEvent]:
@@ -163,7 +159,7 @@ class StreamingTranscriber:
         match action:
             case StartSpeech():
                 self._new_utterance()
-                return [SpeechStarted()]
+                return [action]
             case Partial(start, end):
                 self._start_partial(self._slice(start, end))
                 return []
@@ -178,7 +174,9 @@ class StreamingTranscriber:
                     events += await self._apply(follow_up)
                 return events
             case EndTurn(start, end):
-                silence = (self._endpointer.position - self._endpointer.speech_end) / SAMPLE_RATE
+                silence = (
+                    self._endpointer.position - self._endpointer.speech_end
+                ) / INPUT_SAMPLE_RATE
                 decided_at = time.monotonic()
                 events = await self._finish_utterance(self._slice(start, end))
                 if events and isinstance(events[-1], FinalTranscript):
