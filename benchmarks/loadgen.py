@@ -47,7 +47,7 @@ import httpx
 import numpy as np
 import websockets
 
-from fleet.audio import INPUT_SAMPLE_RATE, float32_to_pcm16, resample
+from fleet.audio import INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, float32_to_pcm16, resample
 from fleet.settings import Settings, get_settings
 from voicefleet.client import FRAME_BYTES, FRAME_SECONDS, Received, SessionRefused, VoiceClient
 from voicefleet.namespaces import consumer_counts, delete_namespace
@@ -419,7 +419,7 @@ async def simulate_person(
                     for r in client.received[client.index_of(start) : client.index_of(end)]
                     if isinstance(r.data, bytes)
                 )
-                record.reply_audio_s = audio_bytes / (24000 * 2)
+                record.reply_audio_s = audio_bytes / (OUTPUT_SAMPLE_RATE * 2)
                 errors = _turn_errors(client, mark)
                 record.ok = not errors
                 record.outcome = "ok" if record.ok else "failed"

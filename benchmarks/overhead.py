@@ -53,7 +53,7 @@ from benchmarks.loadgen import (
     synthesize_questions,
 )
 from fleet import contracts
-from fleet.audio import OUTPUT_SAMPLE_RATE, resample_pcm16
+from fleet.audio import INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, silence
 from fleet.settings import Settings, get_settings
 from fleet.state import connect_redis
 from fleet.topology import Bus, Route, decode_incoming, tts_priority
@@ -63,7 +63,7 @@ from workers.llm_bridge.chat import OpenAICompatibleChat
 from workers.llm_bridge.conversation import build_messages
 from workers.llm_bridge.sentences import SentenceBuffer
 from workers.stt.transcriber import FinalTranscript, StreamingTranscriber, SttEngines
-from workers.tts.chunks import fixed_chunks, pause_after
+from workers.tts.chunks import speech_chunks
 from workers.tts.providers import SpeechSynthesizer, create_synthesizer
 
 LEAD_S = 0.5  # silence before the question
@@ -84,13 +84,28 @@ class TurnTiming:
     error: str = ""
 
 
-def schedule(question: bytes) -> tuple[list[bytes], int]:
-    """Frames of (lead silence, question) and the index of the last speech frame."""
-    lead = bytes(int(LEAD_S * 16000) * 2)
-    pcm = lead + question
-    pcm += bytes(-len(pcm) % FRAME_BYTES)
-    frames = [pcm[i : i + FRAME_BYTES] for i in range(0, len(pcm), FRAME_BYTES)]
-    return frames, len(frames) - 1
+class Microphone:
+    """Plays (lead silence, question) in frames at real-time pace, then silence until stopped."""
+
+    def __init__(self, question: bytes) -> None:
+        pcm = silence(LEAD_S, INPUT_SAMPLE_RATE) + question
+        pcm += bytes(-len(pcm) % FRAME_BYTES)
+        self.frames = [pcm[i : i + FRAME_BYTES] for i in range(0, len(pcm), FRAME_BYTES)]
+        self.last_speech = len(self.frames) - 1  # the index of the last frame of the question
+        self.speech_end = 0.0  # when that frame was sent
+        self.done = asyncio.Event()
+
+    async def play(self, delay: float, send: Callable[[int, bytes], Awaitable[None]]) -> None:
+        await asyncio.sleep(delay)
+        started = time.monotonic()
+        seq = 0
+        while not self.done.is_set():
+            frame = self.frames[seq] if seq < len(self.frames) else bytes(FRAME_BYTES)
+            if seq == self.last_speech:
+                self.speech_end = time.monotonic()
+            await send(seq, frame)
+            seq += 1
+            await asyncio.sleep(max(0.0, started + seq * FRAME_SECONDS - time.monotonic()))
 
 
 def stagger(session: int) -> float:
@@ -142,46 +157,24 @@ async def inprocess_turn(
 ) -> None:
     settings = engines.settings
     transcriber = StreamingTranscriber(engines.stt, settings, "en")
-    frames, last_speech = schedule(question)
+    microphone = Microphone(question)
     inbox: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
-    done = asyncio.Event()
-    speech_end = 0.0
     first_chunk_at: float | None = None
     audio_s = 0.0
-    chunk_bytes = OUTPUT_SAMPLE_RATE * settings.tts_chunk_ms // 1000 * 2
 
-    async def microphone() -> None:
-        nonlocal speech_end
-        await asyncio.sleep(delay)
-        started = time.monotonic()
-        seq = 0
-        while not done.is_set():
-            frame = frames[seq] if seq < len(frames) else bytes(FRAME_BYTES)
-            if seq == last_speech:
-                speech_end = time.monotonic()
-            inbox.put_nowait((seq, frame))
-            seq += 1
-            await asyncio.sleep(max(0.0, started + seq * FRAME_SECONDS - time.monotonic()))
+    async def hear(seq: int, frame: bytes) -> None:
+        inbox.put_nowait((seq, frame))
 
     async def speak(index: int, piece: str) -> None:
         nonlocal first_chunk_at, audio_s
-        voice = settings.tts_voice
-        rate = engines.synthesizer.sample_rate
-
-        async def speech() -> AsyncIterator[bytes]:
-            async for pcm in engines.synthesizer.stream(piece, voice):
-                yield (
-                    pcm
-                    if rate == OUTPUT_SAMPLE_RATE
-                    else resample_pcm16(pcm, rate, OUTPUT_SAMPLE_RATE)
-                )
-            yield bytes(int(pause_after(piece) * OUTPUT_SAMPLE_RATE) * 2)
-
+        chunks = speech_chunks(
+            engines.synthesizer, piece, settings.tts_voice, settings.tts_chunk_ms
+        )
         async with engines.tts_slots.slot(tts_priority(index)):
-            async for pcm, _ in fixed_chunks(speech(), chunk_bytes):
+            async for pcm, _ in chunks:
                 if index == 0 and first_chunk_at is None:
                     first_chunk_at = time.monotonic()
-                    timing.ttfa_s = first_chunk_at - speech_end
+                    timing.ttfa_s = first_chunk_at - microphone.speech_end
                 audio_s += len(pcm) / 2 / OUTPUT_SAMPLE_RATE
 
     async def reply(text: str) -> None:
@@ -193,7 +186,7 @@ async def inprocess_turn(
         def dispatch(new: list[str]) -> None:
             for piece in new:
                 if not spoken:
-                    timing.first_piece_s = time.monotonic() - speech_end
+                    timing.first_piece_s = time.monotonic() - microphone.speech_end
                 spoken.append(asyncio.create_task(speak(len(spoken), piece)))
                 texts.append(piece)
 
@@ -214,15 +207,15 @@ async def inprocess_turn(
         timing.reply = " ".join(texts)
         await asyncio.gather(*spoken)
 
-    mic = asyncio.create_task(microphone())
+    mic = asyncio.create_task(microphone.play(delay, hear))
     try:
         async with asyncio.timeout(MAX_TURN_S):
             while True:
                 seq, frame = await inbox.get()
                 events = await transcriber.feed(seq, frame)
                 final = next((e for e in events if isinstance(e, FinalTranscript)), None)
-                if final is not None and final.text.strip() and seq >= last_speech:
-                    timing.final_s = time.monotonic() - speech_end
+                if final is not None and final.text.strip() and seq >= microphone.last_speech:
+                    timing.final_s = time.monotonic() - microphone.speech_end
                     # Keep transcribing the open microphone while the reply is produced.
                     replying = asyncio.create_task(reply(final.text.strip()))
                     while not replying.done():
@@ -237,7 +230,7 @@ async def inprocess_turn(
     except TimeoutError:
         timing.error = "timeout"
     finally:
-        done.set()
+        microphone.done.set()
         mic.cancel()
 
 
@@ -294,32 +287,16 @@ async def run_rounds(
 
 
 async def fleet_turn(url: str, timing: TurnTiming, question: bytes, delay: float) -> None:
-    frames, last_speech = schedule(question)
+    microphone = Microphone(question)
     client = VoiceClient(url)
     await client.connect()
-    done = asyncio.Event()
-    speech_end = 0.0
-
-    async def microphone() -> None:
-        nonlocal speech_end
-        await asyncio.sleep(delay)
-        started = time.monotonic()
-        seq = 0
-        while not done.is_set():
-            frame = frames[seq] if seq < len(frames) else bytes(FRAME_BYTES)
-            if seq == last_speech:
-                speech_end = time.monotonic()
-            await client.send_bytes(frame)
-            seq += 1
-            await asyncio.sleep(max(0.0, started + seq * FRAME_SECONDS - time.monotonic()))
-
-    mic = asyncio.create_task(microphone())
+    mic = asyncio.create_task(microphone.play(delay, lambda _, frame: client.send_bytes(frame)))
     try:
         final = await client.wait_for("transcript", final=True, timeout=MAX_TURN_S)
-        timing.final_s = final.at - speech_end
+        timing.final_s = final.at - microphone.speech_end
         start = await client.wait_for("audio_start", timeout=MAX_TURN_S)
         first = await client.wait_for("audio", after=client.index_of(start), timeout=MAX_TURN_S)
-        timing.ttfa_s = first.at - speech_end
+        timing.ttfa_s = first.at - microphone.speech_end
         end = await client.wait_for("audio_end", after=client.index_of(start), timeout=MAX_TURN_S)
         audio_s = sum(
             len(r.data) for r in client.received[client.index_of(start) : client.index_of(end)]
@@ -332,7 +309,7 @@ async def fleet_turn(url: str, timing: TurnTiming, question: bytes, delay: float
     except TimeoutError:
         timing.error = "timeout"
     finally:
-        done.set()
+        microphone.done.set()
         mic.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.close(), 10)

@@ -1,4 +1,4 @@
-"""PCM helpers shared by the gateway, the STT worker and the TTS worker.
+"""The audio formats of the fleet, and PCM helpers shared by the gateway and the workers.
 
 The wire format everywhere is PCM16 little-endian mono; models want float32 in [-1, 1].
 """
@@ -12,6 +12,12 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
+
+INPUT_SAMPLE_RATE = 16000
+"""What clients send and STT consumes."""
+
+OUTPUT_SAMPLE_RATE = 24000
+"""What TTS produces and clients play."""
 
 _INT16_SCALE = 32768.0
 
@@ -71,18 +77,16 @@ def resample(samples: npt.NDArray[np.floating], src_rate: int, dst_rate: int) ->
     return out
 
 
+def silence(seconds: float, sample_rate: int) -> bytes:
+    """PCM16 silence of about ``seconds`` (whole samples)."""
+    return bytes(int(seconds * sample_rate) * 2)
+
+
 def split_frames(pcm: bytes, frame_bytes: int) -> list[bytes]:
     """Cut a PCM buffer into frames of `frame_bytes` (the last one may be shorter)."""
     if frame_bytes <= 0 or frame_bytes % 2:
         raise ValueError("frame_bytes must be a positive, even number of bytes")
     return [pcm[i : i + frame_bytes] for i in range(0, len(pcm), frame_bytes)]
-
-
-INPUT_SAMPLE_RATE = 16000
-"""What clients send and STT consumes."""
-
-OUTPUT_SAMPLE_RATE = 24000
-"""What TTS produces and clients play."""
 
 
 def resample_pcm16(pcm: bytes, src_rate: int, dst_rate: int) -> bytes:

@@ -1,6 +1,6 @@
 """The message contract of the fleet: one frozen dataclass per message kind, defined once.
 
-Every message on the broker is one of these. On the wire (see DESIGN.md, "Broker topology"):
+Every message on the broker is one of these. On the wire (docs/architecture.md, "Messages"):
 - the AMQP ``type`` property is the kind, ``correlation_id`` the session id, ``message_id`` unique;
 - a message with a binary payload (audio) sends the payload as the raw body and its other fields
   as headers, never base64;
@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias
 
 from pydantic import TypeAdapter, ValidationError
+
+from fleet.audio import INPUT_SAMPLE_RATE
 
 
 class ContractError(ValueError):
@@ -56,7 +58,7 @@ class SessionOpen:
     stream_id: str
     gateway_id: str
     language: str = "en"
-    sample_rate: int = 16000
+    sample_rate: int = INPUT_SAMPLE_RATE
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,9 +7,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from fleet.audio import INPUT_SAMPLE_RATE
+
 PCM_FORMAT = "pcm_s16le"
-INPUT_SAMPLE_RATE = 16000
-OUTPUT_SAMPLE_RATE = 24000
 
 # WebSocket close codes (RFC 6455 and the IANA registry).
 CLOSE_NORMAL = 1000

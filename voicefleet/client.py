@@ -13,8 +13,10 @@ from typing import Any
 
 import websockets
 
-FRAME_BYTES = 3200  # 100 ms of 16 kHz PCM16
+from fleet.audio import INPUT_SAMPLE_RATE, silence
+
 FRAME_SECONDS = 0.1
+FRAME_BYTES = int(INPUT_SAMPLE_RATE * FRAME_SECONDS) * 2
 
 
 class SessionRefused(ConnectionError):
@@ -48,7 +50,7 @@ class VoiceClient:
                 {
                     "type": "start",
                     "format": "pcm_s16le",
-                    "sampleRate": 16000,
+                    "sampleRate": INPUT_SAMPLE_RATE,
                     "channels": 1,
                     "frameDurationMs": 100,
                     **start,
@@ -94,7 +96,7 @@ class VoiceClient:
         return time.monotonic()
 
     async def stream_silence(self, seconds: float) -> None:
-        await self.stream(bytes(int(seconds * 16000) * 2))
+        await self.stream(silence(seconds, INPUT_SAMPLE_RATE))
 
     async def wait_for(
         self,

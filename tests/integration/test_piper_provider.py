@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from types import SimpleNamespace
 from typing import cast
 
 import numpy as np
 import pytest
 
 from fleet.audio import OUTPUT_SAMPLE_RATE, resample_pcm16
-from fleet.contracts import TtsRequest
 from fleet.settings import Settings
-from fleet.worker import Runtime
-from workers.tts.chunks import pause_after
-from workers.tts.main import TtsWorker
+from workers.tts.chunks import pause_after, wire_speech
 from workers.tts.providers import SpeechSynthesizer, create_synthesizer
 
 SENTENCE = "The weather is lovely today, so let's go for a walk."
@@ -137,11 +133,7 @@ async def test_worker_resamples_piper_to_24khz_keeping_duration(
     # The TTS worker's own path: provider chunks, resampled to the wire rate, then the pause.
     # Piper samples noise, so two syntheses differ: compare with the chunks the worker got.
     recorder = Recorder(synthesizer)
-    worker = TtsWorker(
-        cast(Runtime, SimpleNamespace(settings=Settings(tts_provider="piper"))), recorder
-    )
-    request = TtsRequest("session", 1, 0, SENTENCE)
-    wire = b"".join([pcm async for pcm in worker._speech(request)])
+    wire = b"".join([pcm async for pcm in wire_speech(recorder, SENTENCE, "en_US-joe-medium")])
     source = b"".join(recorder.chunks)
     pause = int(pause_after(SENTENCE) * OUTPUT_SAMPLE_RATE) * 2
     speech, silence = wire[: len(wire) - pause], wire[len(wire) - pause :]

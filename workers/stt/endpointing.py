@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fleet.audio import INPUT_SAMPLE_RATE
 from fleet.settings import Settings
 
 # Silero's own convention: once speaking, only fall back to silence clearly below the
@@ -33,7 +34,7 @@ class EndpointConfig:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, sample_rate: int = 16000, chunk: int = 512
+        cls, settings: Settings, *, sample_rate: int = INPUT_SAMPLE_RATE, chunk: int = 512
     ) -> EndpointConfig:
         def samples(seconds: float) -> int:
             return round(seconds * sample_rate)

@@ -10,8 +10,6 @@ from typing import Protocol
 
 from fleet.audio import FloatArray
 
-SAMPLE_RATE = 16000
-
 
 class SpeechRecognizer(Protocol):
     def transcribe(self, audio: FloatArray, *, language: str, beam_size: int, prompt: str) -> str:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 from faster_whisper.feature_extractor import FeatureExtractor
 
-from fleet.audio import FloatArray
-from workers.stt.engines import SAMPLE_RATE
+from fleet.audio import INPUT_SAMPLE_RATE, FloatArray
 from workers.stt.onnx import small_model_session
 
 _SECONDS = 8
-_SAMPLES = _SECONDS * SAMPLE_RATE
+_SAMPLES = _SECONDS * INPUT_SAMPLE_RATE
 _FRAMES = 800  # 10 ms hops over 8 s
 _NORM_EPS = 1e-7
 

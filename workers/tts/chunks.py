@@ -1,8 +1,31 @@
-"""Shaping a provider's audio for the wire: pauses between pieces, fixed-size chunks."""
+"""Shaping a provider's audio for the wire: the output rate, pauses between pieces, fixed-size
+chunks."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+
+from fleet.audio import OUTPUT_SAMPLE_RATE, resample_pcm16, silence
+from workers.tts.providers.base import SpeechSynthesizer
+
+
+def speech_chunks(
+    synthesizer: SpeechSynthesizer, text: str, voice: str, chunk_ms: int
+) -> AsyncIterator[tuple[bytes, bool]]:
+    """``text`` spoken by ``synthesizer`` as the wire carries it, in ``(chunk, is_last)``."""
+    return fixed_chunks(
+        wire_speech(synthesizer, text, voice), OUTPUT_SAMPLE_RATE * chunk_ms // 1000 * 2
+    )
+
+
+async def wire_speech(
+    synthesizer: SpeechSynthesizer, text: str, voice: str
+) -> AsyncIterator[bytes]:
+    """The provider's speech at the output rate, then the pause that follows the piece."""
+    rate = synthesizer.sample_rate
+    async for pcm in synthesizer.stream(text, voice):
+        yield pcm if rate == OUTPUT_SAMPLE_RATE else resample_pcm16(pcm, rate, OUTPUT_SAMPLE_RATE)
+    yield silence(pause_after(text), OUTPUT_SAMPLE_RATE)
 
 
 async def fixed_chunks(

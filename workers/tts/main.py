@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import structlog
 
 from fleet import telemetry
-from fleet.audio import OUTPUT_SAMPLE_RATE, resample_pcm16
 from fleet.contracts import AudioOut, TtsRequest, TurnFailed
 from fleet.topology import Route
 from fleet.worker import Runtime, run_worker
-from workers.tts.chunks import fixed_chunks, pause_after
+from workers.tts.chunks import speech_chunks
 from workers.tts.providers import SpeechSynthesizer, create_synthesizer
 
 log = structlog.get_logger(__name__)
@@ -24,16 +22,6 @@ class TtsWorker:
         self.runtime = runtime
         self.synthesizer = synthesizer
         self.settings = runtime.settings
-        self.chunk_bytes = OUTPUT_SAMPLE_RATE * self.settings.tts_chunk_ms // 1000 * 2
-
-    async def _speech(self, request: TtsRequest) -> AsyncIterator[bytes]:
-        voice = request.voice or self.settings.tts_voice
-        rate = self.synthesizer.sample_rate
-        async for pcm in self.synthesizer.stream(request.text, voice):
-            yield (
-                pcm if rate == OUTPUT_SAMPLE_RATE else resample_pcm16(pcm, rate, OUTPUT_SAMPLE_RATE)
-            )
-        yield bytes(int(pause_after(request.text) * OUTPUT_SAMPLE_RATE) * 2)
 
     async def handle(self, request: TtsRequest) -> None:
         turns = self.runtime.turns
@@ -45,8 +33,11 @@ class TtsWorker:
         log.info("sentence_started", sentence=request.sentence)
         started = time.perf_counter()
         chunk = 0
+        voice = request.voice or self.settings.tts_voice
         try:
-            async for pcm, last in fixed_chunks(self._speech(request), self.chunk_bytes):
+            async for pcm, last in speech_chunks(
+                self.synthesizer, request.text, voice, self.settings.tts_chunk_ms
+            ):
                 if superseded.is_set():
                     telemetry.STALE_SKIPPED.labels("tts").inc()
                     log.info("sentence_cancelled", sentence=request.sentence, chunks_sent=chunk)
@@ -83,6 +74,12 @@ class TtsWorker:
 def run() -> None:
     async def serve(runtime: Runtime) -> None:
         synthesizer = await asyncio.to_thread(create_synthesizer, runtime.settings)
+        log.info(
+            "tts_provider_loaded",
+            provider=synthesizer.name,
+            version=synthesizer.version,
+            sample_rate=synthesizer.sample_rate,
+        )
         worker = TtsWorker(runtime, synthesizer)
         await runtime.serve_jobs(
             Route.TTS_JOBS, TtsRequest, worker.handle, runtime.settings.tts_concurrency
