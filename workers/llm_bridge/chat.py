@@ -40,14 +40,6 @@ class ChatError(Exception):
         super().__init__(message)
         self.status = status
 
-    @property
-    def retryable(self) -> bool:
-        """Whether the same request may succeed later (or on another replica).
-
-        A 4xx other than 429 means the request itself is wrong; retrying would fail again.
-        """
-        return self.status is None or self.status == 429 or self.status >= 500
-
 
 class ChatModel(Protocol):
     def stream(

@@ -82,11 +82,10 @@ class LlmBridge:
                     max_tokens=self.settings.llm_max_tokens,
                     temperature=self.settings.llm_temperature,
                     seed=reply_seed(request),
+                    on_first_token=telemetry.LLM_FIRST_TOKEN.observe,
                 )
             ) as deltas:
                 async for delta in deltas:
-                    if not deltas_sent:
-                        telemetry.LLM_FIRST_TOKEN.observe(time.perf_counter() - started)
                     await bus.publish(
                         AssistantDelta(request.session_id, request.turn, deltas_sent, delta)
                     )

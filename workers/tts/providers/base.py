@@ -15,8 +15,8 @@ class SpeechSynthesizer(Protocol):
     """
 
     name: str
-    # Compared by the worker against the versions it supports; a remote provider reports the
-    # version of the server on the other end.
+    # Reported in the worker's start-up log; a remote provider reports the version of the server
+    # on the other end.
     version: str
     sample_rate: int
 
@@ -27,12 +27,4 @@ class SpeechSynthesizer(Protocol):
         that iterates it) stops synthesis after the part in progress. Raises ValueError for an
         unknown voice (naming the available ones) or text with nothing to say.
         """
-        ...
-
-    def voices(self) -> list[str]:
-        """Names accepted as `voice`, sorted."""
-        ...
-
-    async def health(self) -> bool:
-        """Whether the provider can synthesize right now."""
         ...

