@@ -18,6 +18,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
 from fleet import telemetry
 from fleet.contracts import ContractError, Message
+from fleet.tasks import cancel_and_wait
 from fleet.topology import (
     CONNECTION_ERRORS,
     ROUTES,
@@ -67,10 +68,7 @@ class KeyedInbox(Generic[Sink]):
         self._bus.on_restored(self._prune_bindings)
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        await cancel_and_wait(self._reader)
         if self._channel is not None:
             with contextlib.suppress(*CONNECTION_ERRORS):
                 async with asyncio.timeout(BIND_TIMEOUT_S):

@@ -7,7 +7,6 @@ per session it serves; each event goes to its session's sink in delivery order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -19,6 +18,7 @@ from fleet.contracts import Message
 from fleet.inbox import KeyedInbox
 from fleet.settings import Settings
 from fleet.state import SessionStore, connect_redis
+from fleet.tasks import cancel_and_wait
 from fleet.topology import Bus, Route
 
 log = structlog.get_logger(__name__)
@@ -74,10 +74,7 @@ class Hub:
         self._keepalive = asyncio.create_task(self._keep_sessions_alive(), name="keepalive")
 
     async def stop(self) -> None:
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keepalive
+        await cancel_and_wait(self._keepalive)
         if self._events is not None:
             await self._events.close()
         if self._bus is not None:

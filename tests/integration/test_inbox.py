@@ -27,6 +27,13 @@ async def inbox(bus: Bus) -> AsyncIterator[KeyedInbox[Sink]]:
         await inbox.close()
 
 
+async def sink_of(inbox: KeyedInbox[Sink], key: str) -> asyncio.Queue[Message]:
+    """A fresh sink added for ``key``: what the inbox hands it queues up here."""
+    received: asyncio.Queue[Message] = asyncio.Queue()
+    await inbox.add(key, received.put_nowait)
+    return received
+
+
 def frame(stream: str, seq: int) -> AudioChunk:
     return AudioChunk("session", stream, seq, b"\x00\x00")
 
@@ -43,10 +50,8 @@ async def seqs(received: asyncio.Queue[Message], count: int) -> list[int]:
 async def test_each_keys_messages_reach_its_sink_in_order(
     bus: Bus, inbox: KeyedInbox[Sink]
 ) -> None:
-    one: asyncio.Queue[Message] = asyncio.Queue()
-    two: asyncio.Queue[Message] = asyncio.Queue()
-    await inbox.add("stream-1", one.put_nowait)
-    await inbox.add("stream-2", two.put_nowait)
+    one = await sink_of(inbox, "stream-1")
+    two = await sink_of(inbox, "stream-2")
     for seq in range(5):
         await bus.publish(frame("stream-1", seq), mandatory=True)
         await bus.publish(frame("stream-2", 100 + seq), mandatory=True)
@@ -55,8 +60,7 @@ async def test_each_keys_messages_reach_its_sink_in_order(
 
 
 async def test_a_removed_key_is_no_longer_routed_here(bus: Bus, inbox: KeyedInbox[Sink]) -> None:
-    received: asyncio.Queue[Message] = asyncio.Queue()
-    await inbox.add("stream-1", received.put_nowait)
+    received = await sink_of(inbox, "stream-1")
     assert await inbox.remove("stream-1", received.put_nowait)
     with pytest.raises(DeliveryError):
         await bus.publish(frame("stream-1", 0), mandatory=True)
@@ -66,10 +70,8 @@ async def test_a_removed_key_is_no_longer_routed_here(bus: Bus, inbox: KeyedInbo
 async def test_a_newer_sink_keeps_the_key_when_the_older_one_is_removed(
     bus: Bus, inbox: KeyedInbox[Sink]
 ) -> None:
-    older: asyncio.Queue[Message] = asyncio.Queue()
-    newer: asyncio.Queue[Message] = asyncio.Queue()
-    await inbox.add("stream-1", older.put_nowait)
-    await inbox.add("stream-1", newer.put_nowait)
+    older = await sink_of(inbox, "stream-1")
+    newer = await sink_of(inbox, "stream-1")
     assert not await inbox.remove("stream-1", older.put_nowait)
     await bus.publish(frame("stream-1", 7), mandatory=True)
     assert await seqs(newer, 1) == [7]

@@ -31,6 +31,7 @@ from fleet.contracts import (
     TranscriptPartial,
 )
 from fleet.inbox import KeyedInbox
+from fleet.tasks import cancel_and_wait
 from fleet.topology import CONNECTION_ERRORS, Route, settle
 from fleet.worker import Runtime, run_worker
 from workers.stt.endpointing import StartSpeech
@@ -119,9 +120,7 @@ class SttWorker:
                 Route.STT_SESSIONS, self.settings.stt_max_sessions, self._on_lease, self._drain
             )
         finally:
-            watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
+            await cancel_and_wait(watchdog)
             await self.sessions.close()
 
     # --- leases -----------------------------------------------------------------------------
@@ -171,10 +170,8 @@ class SttWorker:
         if not await self.sessions.remove(held.stream_id, held):
             return
         telemetry.SESSIONS.set(len(self.sessions))
-        if held.task is not None and held.task is not asyncio.current_task():
-            held.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await held.task
+        if held.task is not asyncio.current_task():
+            await cancel_and_wait(held.task)
         if how in (Release.HAND_BACK, Release.POISON):
             # Audio must wait for the next owner, or (final) the stream is over.
             with contextlib.suppress(*CONNECTION_ERRORS):
