@@ -40,21 +40,26 @@ from fleet.contracts import (
     TurnFailed,
     TurnRequest,
 )
+from fleet.errors import ErrorCode
 from fleet.settings import Settings
 from fleet.state import Exchange
 from fleet.topology import BrokerUnavailable
 from gateway.hub import BrokerLost, Hub
 from gateway.playback import ReplyAssembler
 from gateway.protocol import (
-    CLOSE_INTERNAL,
-    CLOSE_NORMAL,
-    CLOSE_POLICY,
-    CLOSE_TRY_AGAIN,
+    AssistantText,
+    AudioCancel,
+    AudioEnd,
+    AudioStart,
+    CloseCode,
+    Error,
     ProtocolError,
+    Ready,
+    ServerEvent,
     Start,
     Stop,
+    Transcript,
     check_frame,
-    event,
     parse_text,
 )
 
@@ -114,8 +119,10 @@ class ClientConnection:
 
     # --- sending ------------------------------------------------------------------------------
 
-    async def _send_event(self, kind: str, **fields: object) -> None:
-        await self._send(event(kind, **fields))
+    async def _send_event(self, event: ServerEvent) -> None:
+        if isinstance(event, Error):
+            telemetry.CLIENT_ERRORS.labels(event.code).inc()
+        await self._send(event.to_json())
 
     async def _send(self, data: str | bytes) -> None:
         if self._closed:
@@ -130,9 +137,8 @@ class ClientConnection:
                 self._closed = True
 
     async def _fail(self, error: ProtocolError) -> None:
-        telemetry.CLIENT_ERRORS.labels(error.code).inc()
         log.info("client_error", code=error.code, detail=error.message)
-        await self._send_event("error", code=error.code, message=error.message)
+        await self._send_event(Error(error.code, error.message))
         if error.close_code is not None:
             await self._close(error.close_code, error.code)
 
@@ -144,14 +150,13 @@ class ClientConnection:
         log.warning("fleet_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
         await self._fail(
             ProtocolError(
-                "unavailable",
+                ErrorCode.UNAVAILABLE,
                 "the service lost its message broker or session store; reconnect shortly and"
                 " resume with your sessionId",
-                CLOSE_TRY_AGAIN,
             )
         )
 
-    async def _close(self, code: int, reason: str = "") -> None:
+    async def _close(self, code: CloseCode, reason: str = "") -> None:
         if self._closed:
             return
         self._closed = True
@@ -177,11 +182,11 @@ class ClientConnection:
             await self._unavailable(exc)
         except TimeoutError:
             await self._fail(
-                ProtocolError("session_expired", "the session reached its time limit", CLOSE_POLICY)
+                ProtocolError(ErrorCode.SESSION_EXPIRED, "the session reached its time limit")
             )
         except Exception:
             log.exception("connection_failed")
-            await self._fail(ProtocolError("internal", "internal error", CLOSE_INTERNAL))
+            await self._fail(ProtocolError(ErrorCode.INTERNAL, "internal error"))
         finally:
             if events is not None:
                 events.cancel()
@@ -195,7 +200,7 @@ class ClientConnection:
             if message["type"] == "websocket.disconnect":
                 return None
             if message.get("bytes") is not None:
-                raise ProtocolError("not_started", "send a start message first", CLOSE_POLICY)
+                raise ProtocolError(ErrorCode.NOT_STARTED, "send a start message first")
             try:
                 command = parse_text(message.get("text") or "", self.settings.max_text_bytes)
             except ProtocolError as error:
@@ -204,13 +209,13 @@ class ClientConnection:
                 await self._fail(error)
                 continue
             if isinstance(command, Stop):
-                await self._close(CLOSE_NORMAL, "stopped")
+                await self._close(CloseCode.NORMAL, "stopped")
                 return None
             return command
 
     async def _open(self, start: Start) -> None:
         if self.settings.auth_token and start.token != self.settings.auth_token:
-            raise ProtocolError("unauthorized", "missing or wrong token", CLOSE_POLICY)
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "missing or wrong token")
         known = start.session_id is not None and await self.hub.store.exists(start.session_id)
         # An unknown or expired id is not an error: the client gets a new conversation.
         self.session_id = start.session_id if known and start.session_id else uuid.uuid4().hex
@@ -228,9 +233,9 @@ class ClientConnection:
             await asyncio.wait_for(self._assigned.wait(), self.settings.assign_timeout_s)
         except TimeoutError:
             raise ProtocolError(
-                "busy", "no speech recognizer is free; try again shortly", CLOSE_TRY_AGAIN
+                ErrorCode.BUSY, "no speech recognizer is free; try again shortly"
             ) from None
-        await self._send_event("ready", sessionId=self.session_id, resumed=resumed)
+        await self._send_event(Ready(self.session_id, resumed))
         log.info("session_started", resumed=resumed)
 
     async def _end(self) -> None:
@@ -245,7 +250,7 @@ class ClientConnection:
                 with contextlib.suppress(Exception):
                     await self._record_turn(self._turn, interrupted=True)
             log.info("session_ended")
-        await self._close(CLOSE_NORMAL)
+        await self._close(CloseCode.NORMAL)
 
     # --- client -> fleet -----------------------------------------------------------------------
 
@@ -270,7 +275,9 @@ class ClientConnection:
                 continue
             if isinstance(command, Stop):
                 return
-            await self._fail(ProtocolError("already_started", "the session is already started"))
+            await self._fail(
+                ProtocolError(ErrorCode.ALREADY_STARTED, "the session is already started")
+            )
 
     async def _on_audio(self, pcm: bytes) -> None:
         async with self._audio_lock:
@@ -336,16 +343,15 @@ class ClientConnection:
                 self._assigned.clear()
                 if final:
                     raise ProtocolError(
-                        "stt_unavailable",
+                        ErrorCode.STT_UNAVAILABLE,
                         "speech recognition failed for this session; reconnect to start again",
-                        CLOSE_INTERNAL,
                     )
             case SpeechStarted() if turn is not None and turn.still_playing(now):
                 await self._barge_in(turn, now)
             case TranscriptPartial(text=text):
                 if turn is not None and text.strip() and turn.still_playing(now):
                     await self._barge_in(turn, now)
-                await self._send_event("transcript", text=text, final=False)
+                await self._send_event(Transcript(text, final=False))
             case TranscriptFinal(text=text, upto_seq=upto):
                 while self._replay and self._replay[0].seq <= upto:
                     self._replay.popleft()
@@ -353,7 +359,7 @@ class ClientConnection:
                 # A cancel precedes the transcript that caused it, as it does for partials.
                 if said and turn is not None and turn.still_playing(now):
                     await self._barge_in(turn, now)
-                await self._send_event("transcript", text=text, final=True)
+                await self._send_event(Transcript(text, final=True))
                 # Speech that had no words (a cough) cut a request off: it is answered still.
                 if said or self._unanswered:
                     await self._start_turn(said, now)
@@ -362,15 +368,13 @@ class ClientConnection:
             ):
                 # A retried turn (its LLM worker died) streams from the start again.
                 turn.next_delta = index + 1
-                await self._send_event("assistant_text", text=text, turn=number)
+                await self._send_event(AssistantText(text, number))
             case AudioOut(turn=number) if turn and number == turn.number:
                 for chunk in turn.reply.add(message):
                     if turn.first_audio_at is None:
                         turn.first_audio_at = time.monotonic()
                         telemetry.GATEWAY_TTFA.observe(turn.first_audio_at - turn.requested_at)
-                        await self._send_event(
-                            "audio_start", sampleRate=OUTPUT_SAMPLE_RATE, turn=number
-                        )
+                        await self._send_event(AudioStart(OUTPUT_SAMPLE_RATE, number))
                     if chunk.pcm:
                         await self._send(chunk.pcm)
                 await self._finish_if_complete(turn)
@@ -378,8 +382,9 @@ class ClientConnection:
                 turn.reply.finish(total)
                 await self._finish_if_complete(turn)
             case TurnFailed(turn=number, code=code, message=text) if turn and number == turn.number:
-                telemetry.CLIENT_ERRORS.labels(code).inc()
-                await self._send_event("error", code=code, message=text)
+                # Workers send ErrorCode values only; any other code raises here (a bug to log),
+                # so a client is never sent an undocumented code.
+                await self._send_event(Error(ErrorCode(code), text))
             case _:
                 pass  # an event of an older turn or stream: stale, never forwarded
 
@@ -400,7 +405,7 @@ class ClientConnection:
         # this gateway dies the next moment and the client resumes elsewhere.
         await self._record_turn(turn, interrupted=False)
         if turn.first_audio_at is not None:
-            await self._send_event("audio_end", turn=turn.number)
+            await self._send_event(AudioEnd(turn.number))
 
     async def _barge_in(self, turn: _Turn, now: float) -> None:
         """The user spoke over the reply: stop it everywhere, keep what was actually heard."""
@@ -412,7 +417,7 @@ class ClientConnection:
         else:
             # A reply fully sent may still be playing: what was heard replaces what was recorded.
             await self._record_turn(turn, interrupted=True, heard_seconds=turn.seconds_played(now))
-        await self._send_event("audio_cancel", turn=turn.number)
+        await self._send_event(AudioCancel(turn.number))
         log.info("barge_in", cancelled_turn=turn.number, unanswered=unanswered)
 
     async def _record_turn(
