@@ -34,7 +34,6 @@ def create_app(settings: Settings, gateway_id: str) -> FastAPI:
             await hub.stop()
 
     app = FastAPI(title="voicefleet gateway", lifespan=lifespan)
-    app.state.hub = hub
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -1,23 +1,53 @@
-"""The client protocol of /ws/audio (docs/protocol.md): parsing and validation, with no I/O."""
+"""The client protocol of /ws/audio (docs/protocol.md): parsing, validation and the server's
+events, with no I/O."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from enum import IntEnum
+from typing import Any, ClassVar
+
+from fleet.audio import INPUT_SAMPLE_RATE
+from fleet.errors import ErrorCode
 
 from fleet.audio import INPUT_SAMPLE_RATE
 
 PCM_FORMAT = "pcm_s16le"
 
-# WebSocket close codes (RFC 6455 and the IANA registry).
-CLOSE_NORMAL = 1000
-CLOSE_UNSUPPORTED = 1003
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN = 1013
+
+class CloseCode(IntEnum):
+    """The WebSocket close codes the server sends (RFC 6455 and the IANA registry)."""
+
+    NORMAL = 1000
+    UNSUPPORTED = 1003
+    POLICY = 1008
+    TOO_BIG = 1009
+    INTERNAL = 1011
+    TRY_AGAIN = 1013
+
+
+# What each error does to the connection: closes it with this code, or (None) leaves it open.
+CLOSES_WITH: dict[ErrorCode, CloseCode | None] = {
+    ErrorCode.BAD_MESSAGE: None,
+    ErrorCode.UNKNOWN_TYPE: None,
+    ErrorCode.ALREADY_STARTED: None,
+    ErrorCode.BAD_FRAME: None,
+    ErrorCode.NOT_STARTED: CloseCode.POLICY,
+    ErrorCode.UNSUPPORTED_FORMAT: CloseCode.UNSUPPORTED,
+    ErrorCode.FRAME_TOO_BIG: CloseCode.TOO_BIG,
+    ErrorCode.MESSAGE_TOO_BIG: CloseCode.TOO_BIG,
+    ErrorCode.UNAUTHORIZED: CloseCode.POLICY,
+    ErrorCode.BUSY: CloseCode.TRY_AGAIN,
+    ErrorCode.SESSION_EXPIRED: CloseCode.POLICY,
+    ErrorCode.STT_UNAVAILABLE: CloseCode.INTERNAL,
+    ErrorCode.LLM_FAILED: None,
+    ErrorCode.TTS_FAILED: None,
+    ErrorCode.UNAVAILABLE: CloseCode.TRY_AGAIN,
+    ErrorCode.INTERNAL: CloseCode.INTERNAL,
+}
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _VOICE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -25,13 +55,13 @@ _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
 
 
 class ProtocolError(Exception):
-    """Bad input from a client: an ``error`` event, and a close code if it cannot go on."""
+    """An error the client is told of, which ends the connection if its code says so."""
 
-    def __init__(self, code: str, message: str, close_code: int | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
-        self.close_code = close_code
+        self.close_code = CLOSES_WITH[code]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,30 +85,28 @@ def _optional_str(data: dict[str, Any], key: str, pattern: re.Pattern[str]) -> s
     if value is None or value == "":
         return ""
     if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise ProtocolError("bad_message", f"start: invalid {key!r}")
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"start: invalid {key!r}")
     return value
 
 
 def parse_start(data: dict[str, Any]) -> Start:
     if data.get("format", PCM_FORMAT) != PCM_FORMAT:
         raise ProtocolError(
-            "unsupported_format",
+            ErrorCode.UNSUPPORTED_FORMAT,
             f"format {data.get('format')!r} is not supported; send {PCM_FORMAT}",
-            CLOSE_UNSUPPORTED,
         )
     if data.get("sampleRate", INPUT_SAMPLE_RATE) != INPUT_SAMPLE_RATE:
         raise ProtocolError(
-            "unsupported_format",
+            ErrorCode.UNSUPPORTED_FORMAT,
             f"sampleRate {data.get('sampleRate')!r} is not supported; send {INPUT_SAMPLE_RATE}",
-            CLOSE_UNSUPPORTED,
         )
     if data.get("channels", 1) != 1:
         raise ProtocolError(
-            "unsupported_format", "only mono audio (channels: 1) is supported", CLOSE_UNSUPPORTED
+            ErrorCode.UNSUPPORTED_FORMAT, "only mono audio (channels: 1) is supported"
         )
     token = data.get("token", "")
     if not isinstance(token, str):
-        raise ProtocolError("bad_message", "start: 'token' must be a string")
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "start: 'token' must be a string")
     return Start(
         session_id=_optional_str(data, "sessionId", _SESSION_ID) or None,
         voice=_optional_str(data, "voice", _VOICE),
@@ -90,34 +118,95 @@ def parse_start(data: dict[str, Any]) -> Start:
 def parse_text(raw: str, max_bytes: int) -> ClientCommand:
     if len(raw.encode()) > max_bytes:
         raise ProtocolError(
-            "message_too_big", f"text messages are limited to {max_bytes} bytes", CLOSE_TOO_BIG
+            ErrorCode.MESSAGE_TOO_BIG, f"text messages are limited to {max_bytes} bytes"
         )
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ProtocolError("bad_message", f"text message is not JSON: {exc.msg}") from exc
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"text message is not JSON: {exc.msg}") from exc
     except RecursionError as exc:  # deeply nested arrays/objects within max_bytes
-        raise ProtocolError("bad_message", "text message is nested too deeply") from exc
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "text message is nested too deeply") from exc
     if not isinstance(data, dict):
-        raise ProtocolError("bad_message", "text message must be a JSON object")
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "text message must be a JSON object")
     kind = data.get("type")
     if kind == "start":
         return parse_start(data)
     if kind == "stop":
         return Stop()
-    raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
+    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}")
 
 
 def check_frame(frame: bytes, max_bytes: int) -> None:
     if len(frame) > max_bytes:
         raise ProtocolError(
-            "frame_too_big",
+            ErrorCode.FRAME_TOO_BIG,
             f"audio frames are limited to {max_bytes} bytes ({len(frame)} received)",
-            CLOSE_TOO_BIG,
         )
     if len(frame) % 2:
-        raise ProtocolError("bad_frame", "PCM16 frames must have an even number of bytes")
+        raise ProtocolError(ErrorCode.BAD_FRAME, "PCM16 frames must have an even number of bytes")
 
 
-def event(kind: str, **fields: Any) -> str:
-    return json.dumps({"type": kind, **fields}, separators=(",", ":"))
+# --- server -> client ------------------------------------------------------------------------
+
+
+def _camel_case(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(word.title() for word in rest)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerEvent:
+    """A text frame to the client: ``type`` and the fields, camelCase, in declaration order."""
+
+    TYPE: ClassVar[str]
+
+    def to_json(self) -> str:
+        fields = {_camel_case(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+        return json.dumps({"type": self.TYPE, **fields}, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class Ready(ServerEvent):
+    TYPE: ClassVar[str] = "ready"
+    session_id: str
+    resumed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript(ServerEvent):
+    TYPE: ClassVar[str] = "transcript"
+    text: str
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantText(ServerEvent):
+    TYPE: ClassVar[str] = "assistant_text"
+    text: str
+    turn: int
+
+
+@dataclass(frozen=True, slots=True)
+class AudioStart(ServerEvent):
+    TYPE: ClassVar[str] = "audio_start"
+    sample_rate: int
+    turn: int
+
+
+@dataclass(frozen=True, slots=True)
+class AudioEnd(ServerEvent):
+    TYPE: ClassVar[str] = "audio_end"
+    turn: int
+
+
+@dataclass(frozen=True, slots=True)
+class AudioCancel(ServerEvent):
+    TYPE: ClassVar[str] = "audio_cancel"
+    turn: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error(ServerEvent):
+    TYPE: ClassVar[str] = "error"
+    code: ErrorCode
+    message: str

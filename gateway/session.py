@@ -1,37 +1,29 @@
-"""One client connection: the WebSocket on one side, the fleet on the other.
+"""One client connection: wires the WebSocket to the session's uplink, turns and history.
 
 Two tasks per connection: the receive loop (client -> fleet) and the event loop (fleet ->
-client). All turn state is touched only by the event loop, so it needs no locks; the receive loop
-only publishes audio and keeps the utterance in progress for replay.
+client). Only the event loop drives the turn machine, so it needs no locks; the receive loop
+only hands audio to the uplink.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 import uuid
-from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import assert_never
 
 import structlog
-from aio_pika.exceptions import DeliveryError
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from fleet import telemetry
-from fleet.audio import INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE
 from fleet.contracts import (
     AssistantDelta,
-    AudioChunk,
     AudioOut,
-    ConversationEntry,
     Message,
-    ReplayDone,
     SessionAssigned,
-    SessionClose,
-    SessionOpen,
     SessionReleased,
     SpeechStarted,
     TranscriptFinal,
@@ -40,53 +32,45 @@ from fleet.contracts import (
     TurnFailed,
     TurnRequest,
 )
+from fleet.errors import ErrorCode
 from fleet.settings import Settings
-from fleet.state import Exchange
 from fleet.topology import BrokerUnavailable
+from gateway.history import History
 from gateway.hub import BrokerLost, Hub
-from gateway.playback import ReplyAssembler
 from gateway.protocol import (
-    CLOSE_INTERNAL,
-    CLOSE_NORMAL,
-    CLOSE_POLICY,
-    CLOSE_TRY_AGAIN,
+    ClientCommand,
+    CloseCode,
+    Error,
     ProtocolError,
+    Ready,
+    ServerEvent,
     Start,
     Stop,
     check_frame,
-    event,
     parse_text,
 )
+from gateway.turns import (
+    CancelTurn,
+    Command,
+    FirstAudio,
+    Heard,
+    SendAudio,
+    StartTurn,
+    TurnMachine,
+)
+from gateway.uplink import Uplink
 
 log = structlog.get_logger(__name__)
 
-# The utterance in progress is kept for replay to a new STT owner; beyond this it is dropped
-# from the front (a single utterance this long is not a conversation turn).
-_MAX_REPLAY_SECONDS = 60.0
-
 
 @dataclass
-class _Turn:
-    number: int
-    user_text: str
-    requested_at: float
-    reply: ReplyAssembler
-    first_audio_at: float | None = None
-    recorded: bool = False
-    next_delta: int = 0
-
-    def seconds_played(self, now: float) -> float:
-        if self.first_audio_at is None:
-            return 0.0
-        return min(now - self.first_audio_at, self.reply.seconds_emitted)
-
-    def still_playing(self, now: float) -> bool:
-        """Whether the user may still be hearing (or waiting for) this reply."""
-        if not self.reply.complete:
-            return True
-        return self.first_audio_at is not None and now < self.first_audio_at + (
-            self.reply.seconds_emitted
-        )
+class _Session:
+    id: str
+    voice: str
+    language: str
+    uplink: Uplink
+    history: History
+    turns: TurnMachine = field(default_factory=TurnMachine)
 
 
 class ClientConnection:
@@ -94,28 +78,17 @@ class ClientConnection:
         self.ws = websocket
         self.hub = hub
         self.settings = settings
-        self.session_id = ""
         self.stream_id = uuid.uuid4().hex
-        self.voice = settings.tts_voice
-        self.language = settings.stt_language
         self._send_lock = asyncio.Lock()
         self._inbox: asyncio.Queue[Message | BrokerLost] = asyncio.Queue()
-        self._assigned = asyncio.Event()
-        self._seq = 0
-        self._replay: deque[AudioChunk] = deque()
-        # The STT owner ignores frames older than the newest it has seen, so a replay and live
-        # frames must never interleave: both publish under this lock.
-        self._audio_lock = asyncio.Lock()
-        self._turn: _Turn | None = None
-        # The request of a turn cut off before any of its reply played: the user paused
-        # mid-request and went on. The next turn answers it together with what followed.
-        self._unanswered = ""
         self._closed = False
 
     # --- sending ------------------------------------------------------------------------------
 
-    async def _send_event(self, kind: str, **fields: object) -> None:
-        await self._send(event(kind, **fields))
+    async def _send_event(self, event: ServerEvent) -> None:
+        if isinstance(event, Error):
+            telemetry.CLIENT_ERRORS.labels(event.code).inc()
+        await self._send(event.to_json())
 
     async def _send(self, data: str | bytes) -> None:
         if self._closed:
@@ -130,9 +103,8 @@ class ClientConnection:
                 self._closed = True
 
     async def _fail(self, error: ProtocolError) -> None:
-        telemetry.CLIENT_ERRORS.labels(error.code).inc()
         log.info("client_error", code=error.code, detail=error.message)
-        await self._send_event("error", code=error.code, message=error.message)
+        await self._send_event(Error(error.code, error.message))
         if error.close_code is not None:
             await self._close(error.close_code, error.code)
 
@@ -144,14 +116,13 @@ class ClientConnection:
         log.warning("fleet_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
         await self._fail(
             ProtocolError(
-                "unavailable",
+                ErrorCode.UNAVAILABLE,
                 "the service lost its message broker or session store; reconnect shortly and"
                 " resume with your sessionId",
-                CLOSE_TRY_AGAIN,
             )
         )
 
-    async def _close(self, code: int, reason: str = "") -> None:
+    async def _close(self, code: CloseCode, reason: str = "") -> None:
         if self._closed:
             return
         self._closed = True
@@ -162,157 +133,129 @@ class ClientConnection:
     # --- the connection's life ------------------------------------------------------------------
 
     async def serve(self) -> None:
+        session: _Session | None = None
         events: asyncio.Task[None] | None = None
         try:
             start = await self._receive_start()
             if start is None:
                 return
-            events = asyncio.create_task(self._event_loop(), name="session-events")
-            await self._open(start)
+            session = await self._session_for(start)
+            events = asyncio.create_task(self._event_loop(session), name="session-events")
+            await self._open(session)
             async with asyncio.timeout(self.settings.max_session_s):
-                await self._receive_loop()
+                await self._receive_loop(session.uplink)
         except ProtocolError as error:
             await self._fail(error)
         except (BrokerUnavailable, RedisError) as exc:
             await self._unavailable(exc)
         except TimeoutError:
             await self._fail(
-                ProtocolError("session_expired", "the session reached its time limit", CLOSE_POLICY)
+                ProtocolError(ErrorCode.SESSION_EXPIRED, "the session reached its time limit")
             )
         except Exception:
             log.exception("connection_failed")
-            await self._fail(ProtocolError("internal", "internal error", CLOSE_INTERNAL))
+            await self._fail(ProtocolError(ErrorCode.INTERNAL, "internal error"))
         finally:
             if events is not None:
                 events.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await events
-            await self._end()
+            if session is not None:
+                await self._end(session)
+            await self._close(CloseCode.NORMAL)
+
+    async def _receive(self) -> bytes | ClientCommand | None:
+        """The client's next audio frame or command, None once it has gone."""
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        frame: bytes | None = message.get("bytes")
+        if frame is not None:
+            return frame
+        return parse_text(message.get("text") or "", self.settings.max_text_bytes)
 
     async def _receive_start(self) -> Start | None:
         while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return None
-            if message.get("bytes") is not None:
-                raise ProtocolError("not_started", "send a start message first", CLOSE_POLICY)
             try:
-                command = parse_text(message.get("text") or "", self.settings.max_text_bytes)
+                received = await self._receive()
             except ProtocolError as error:
                 if error.close_code is not None:
                     raise
                 await self._fail(error)
                 continue
-            if isinstance(command, Stop):
-                await self._close(CLOSE_NORMAL, "stopped")
+            if isinstance(received, bytes):
+                raise ProtocolError(ErrorCode.NOT_STARTED, "send a start message first")
+            if isinstance(received, Stop):
+                await self._close(CloseCode.NORMAL, "stopped")
                 return None
-            return command
+            return received
 
-    async def _open(self, start: Start) -> None:
+    async def _session_for(self, start: Start) -> _Session:
         if self.settings.auth_token and start.token != self.settings.auth_token:
-            raise ProtocolError("unauthorized", "missing or wrong token", CLOSE_POLICY)
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "missing or wrong token")
         known = start.session_id is not None and await self.hub.store.exists(start.session_id)
         # An unknown or expired id is not an error: the client gets a new conversation.
-        self.session_id = start.session_id if known and start.session_id else uuid.uuid4().hex
-        self.voice = start.voice or self.settings.tts_voice
-        self.language = start.language or self.settings.stt_language
-        structlog.contextvars.bind_contextvars(session_id=self.session_id)
-        resumed = await self.hub.store.open_session(
-            self.session_id, self.hub.gateway_id, self.stream_id
+        session_id = start.session_id if known and start.session_id else uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(session_id=session_id)
+        return _Session(
+            session_id,
+            voice=start.voice or self.settings.tts_voice,
+            language=start.language or self.settings.stt_language,
+            uplink=Uplink(self.hub.bus, session_id, self.stream_id),
+            history=History(self.hub.store, self.hub.bus, session_id),
         )
-        await self.hub.attach(self.session_id, self._inbox.put_nowait, self.stream_id)
-        await self.hub.bus.publish(
-            SessionOpen(self.session_id, self.stream_id, self.hub.gateway_id, self.language)
-        )
+
+    async def _open(self, session: _Session) -> None:
+        resumed = await self.hub.store.open_session(session.id, self.hub.gateway_id, self.stream_id)
+        await self.hub.attach(session.id, self._inbox.put_nowait, self.stream_id)
+        await session.uplink.open(self.hub.gateway_id, session.language)
         try:
-            await asyncio.wait_for(self._assigned.wait(), self.settings.assign_timeout_s)
+            await asyncio.wait_for(session.uplink.wait_owned(), self.settings.assign_timeout_s)
         except TimeoutError:
             raise ProtocolError(
-                "busy", "no speech recognizer is free; try again shortly", CLOSE_TRY_AGAIN
+                ErrorCode.BUSY, "no speech recognizer is free; try again shortly"
             ) from None
-        await self._send_event("ready", sessionId=self.session_id, resumed=resumed)
+        await self._send_event(Ready(session.id, resumed))
         log.info("session_started", resumed=resumed)
 
-    async def _end(self) -> None:
-        if self.session_id:
-            await self.hub.detach(self.session_id, self._inbox.put_nowait)
-            # Either of these alone ends the STT lease; one failing must not skip the other.
-            with contextlib.suppress(Exception):
-                await self.hub.bus.publish(SessionClose(self.session_id, self.stream_id))
-            with contextlib.suppress(Exception):
-                await self.hub.store.end_stream(self.session_id, self.stream_id)
-            if self._turn is not None and not self._turn.recorded:
-                with contextlib.suppress(Exception):
-                    await self._record_turn(self._turn, interrupted=True)
-            log.info("session_ended")
-        await self._close(CLOSE_NORMAL)
+    async def _end(self, session: _Session) -> None:
+        await self.hub.detach(session.id, self._inbox.put_nowait)
+        # Either of these alone ends the STT lease; one failing must not skip the other.
+        with contextlib.suppress(Exception):
+            await session.uplink.close()
+        with contextlib.suppress(Exception):
+            await self.hub.store.end_stream(session.id, self.stream_id)
+        with contextlib.suppress(Exception):
+            await self._execute(session, session.turns.closed(), time.monotonic())
+        log.info("session_ended")
 
     # --- client -> fleet -----------------------------------------------------------------------
 
-    async def _receive_loop(self) -> None:
+    async def _receive_loop(self, uplink: Uplink) -> None:
         while not self._closed:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            frame = message.get("bytes")
-            if frame is not None:
-                try:
-                    check_frame(frame, self.settings.max_frame_bytes)
-                except ProtocolError as error:
-                    await self._fail(error)
-                    continue
-                await self._on_audio(frame)
-                continue
             try:
-                command = parse_text(message.get("text") or "", self.settings.max_text_bytes)
+                received = await self._receive()
+                if isinstance(received, bytes):
+                    check_frame(received, self.settings.max_frame_bytes)
             except ProtocolError as error:
                 await self._fail(error)
                 continue
-            if isinstance(command, Stop):
+            if received is None or isinstance(received, Stop):
                 return
-            await self._fail(ProtocolError("already_started", "the session is already started"))
-
-    async def _on_audio(self, pcm: bytes) -> None:
-        async with self._audio_lock:
-            self._seq += 1
-            chunk = AudioChunk(self.session_id, self.stream_id, self._seq, pcm)
-            self._replay.append(chunk)
-            max_frames = int(_MAX_REPLAY_SECONDS * INPUT_SAMPLE_RATE * 2 / max(len(pcm), 1))
-            while len(self._replay) > max_frames:
-                self._replay.popleft()
-            if self._assigned.is_set():
-                await self._publish_audio(chunk)
-
-    async def _publish_audio(self, chunk: AudioChunk) -> bool:
-        try:
-            await self.hub.bus.publish(chunk, mandatory=True)
-        except DeliveryError:
-            # Nobody holds the stream (its worker died): keep the audio, wait for the new owner.
-            if self._assigned.is_set():
-                log.warning("stt_owner_lost")
-            self._assigned.clear()
-            return False
-        return True
-
-    async def _take_owner(self) -> None:
-        """A worker holds the stream now: send it the utterance in progress, then go live."""
-        async with self._audio_lock:
-            self._assigned.set()
-            for chunk in list(self._replay):
-                if not await self._publish_audio(dataclasses.replace(chunk, replayed=True)):
-                    return
-            with contextlib.suppress(DeliveryError):
-                await self.hub.bus.publish(
-                    ReplayDone(self.session_id, self.stream_id), mandatory=True
+            if isinstance(received, bytes):
+                await uplink.send(received)
+            else:
+                await self._fail(
+                    ProtocolError(ErrorCode.ALREADY_STARTED, "the session is already started")
                 )
 
     # --- fleet -> client -----------------------------------------------------------------------
 
-    async def _event_loop(self) -> None:
+    async def _event_loop(self, session: _Session) -> None:
         while True:
             message = await self._inbox.get()
             try:
-                await self._on_event(message)
+                await self._on_event(session, message)
             except asyncio.CancelledError:
                 raise
             except (BrokerUnavailable, RedisError) as exc:
@@ -324,111 +267,59 @@ class ClientConnection:
             except Exception:
                 log.exception("event_failed", kind=message.KIND)
 
-    async def _on_event(self, message: Message | BrokerLost) -> None:
-        turn = self._turn
+    async def _on_event(self, session: _Session, message: Message | BrokerLost) -> None:
         now = time.monotonic()
+        turns = session.turns
         match message:
             case BrokerLost():
                 raise BrokerUnavailable("the connection to the message broker was lost")
             case SessionAssigned(stream_id=stream) if stream == self.stream_id:
-                await self._take_owner()
+                await session.uplink.owner_taken()
             case SessionReleased(stream_id=stream, final=final) if stream == self.stream_id:
-                self._assigned.clear()
+                session.uplink.owner_released()
                 if final:
                     raise ProtocolError(
-                        "stt_unavailable",
+                        ErrorCode.STT_UNAVAILABLE,
                         "speech recognition failed for this session; reconnect to start again",
-                        CLOSE_INTERNAL,
                     )
-            case SpeechStarted() if turn is not None and turn.still_playing(now):
-                await self._barge_in(turn, now)
+            case SpeechStarted():
+                await self._execute(session, turns.speech_started(now), now)
             case TranscriptPartial(text=text):
-                if turn is not None and text.strip() and turn.still_playing(now):
-                    await self._barge_in(turn, now)
-                await self._send_event("transcript", text=text, final=False)
+                await self._execute(session, turns.partial_transcript(text, now), now)
             case TranscriptFinal(text=text, upto_seq=upto):
-                while self._replay and self._replay[0].seq <= upto:
-                    self._replay.popleft()
-                said = text.strip()
-                # A cancel precedes the transcript that caused it, as it does for partials.
-                if said and turn is not None and turn.still_playing(now):
-                    await self._barge_in(turn, now)
-                await self._send_event("transcript", text=text, final=True)
-                # Speech that had no words (a cough) cut a request off: it is answered still.
-                if said or self._unanswered:
-                    await self._start_turn(said, now)
-            case AssistantDelta(turn=number, index=index, text=text) if (
-                turn and number == turn.number and index >= turn.next_delta
-            ):
-                # A retried turn (its LLM worker died) streams from the start again.
-                turn.next_delta = index + 1
-                await self._send_event("assistant_text", text=text, turn=number)
-            case AudioOut(turn=number) if turn and number == turn.number:
-                for chunk in turn.reply.add(message):
-                    if turn.first_audio_at is None:
-                        turn.first_audio_at = time.monotonic()
-                        telemetry.GATEWAY_TTFA.observe(turn.first_audio_at - turn.requested_at)
-                        await self._send_event(
-                            "audio_start", sampleRate=OUTPUT_SAMPLE_RATE, turn=number
-                        )
-                    if chunk.pcm:
-                        await self._send(chunk.pcm)
-                await self._finish_if_complete(turn)
-            case TurnDone(turn=number, sentences=total) if turn and number == turn.number:
-                turn.reply.finish(total)
-                await self._finish_if_complete(turn)
-            case TurnFailed(turn=number, code=code, message=text) if turn and number == turn.number:
-                telemetry.CLIENT_ERRORS.labels(code).inc()
-                await self._send_event("error", code=code, message=text)
+                session.uplink.transcribed(upto)
+                await self._execute(session, turns.final_transcript(text, now), now)
+            case AssistantDelta(turn=turn, index=index, text=text):
+                await self._execute(session, turns.reply_text(turn, index, text), now)
+            case AudioOut():
+                await self._execute(session, turns.reply_audio(message, now), now)
+            case TurnDone(turn=turn, sentences=total):
+                await self._execute(session, turns.reply_done(turn, total), now)
+            case TurnFailed(turn=turn, code=code, message=text):
+                await self._execute(session, turns.reply_failed(turn, code, text), now)
             case _:
-                pass  # an event of an older turn or stream: stale, never forwarded
+                pass  # another stream's lease events, or nothing a connection acts on
 
-    async def _start_turn(self, said: str, now: float) -> None:
-        user_text = f"{self._unanswered} {said}".strip()
-        self._unanswered = ""
-        number = await self.hub.store.next_turn(self.session_id)
-        self._turn = _Turn(number, user_text, now, ReplyAssembler(number))
-        structlog.contextvars.bind_contextvars(turn=number)
-        await self.hub.bus.publish(
-            TurnRequest(self.session_id, number, user_text, self.voice, self.language)
-        )
-
-    async def _finish_if_complete(self, turn: _Turn) -> None:
-        if not turn.reply.complete or turn.recorded:
-            return
-        # Recorded first: once the client hears the turn ended, its history holds it, even if
-        # this gateway dies the next moment and the client resumes elsewhere.
-        await self._record_turn(turn, interrupted=False)
-        if turn.first_audio_at is not None:
-            await self._send_event("audio_end", turn=turn.number)
-
-    async def _barge_in(self, turn: _Turn, now: float) -> None:
-        """The user spoke over the reply: stop it everywhere, keep what was actually heard."""
-        self._turn = None
-        await self.hub.store.next_turn(self.session_id)
-        unanswered = turn.first_audio_at is None
-        if unanswered:
-            self._unanswered = turn.user_text
-        else:
-            # A reply fully sent may still be playing: what was heard replaces what was recorded.
-            await self._record_turn(turn, interrupted=True, heard_seconds=turn.seconds_played(now))
-        await self._send_event("audio_cancel", turn=turn.number)
-        log.info("barge_in", cancelled_turn=turn.number, unanswered=unanswered)
-
-    async def _record_turn(
-        self, turn: _Turn, *, interrupted: bool, heard_seconds: float | None = None
-    ) -> None:
-        correction = turn.recorded
-        turn.recorded = True
-        seconds = turn.reply.seconds_emitted if heard_seconds is None else heard_seconds
-        spoken = turn.reply.spoken_text(seconds)
-        await self.hub.store.record_exchange(
-            self.session_id, Exchange(turn.user_text, spoken, interrupted), replaces_last=correction
-        )
-        if not correction:
-            await self.hub.bus.publish(
-                ConversationEntry(self.session_id, turn.number, "user", turn.user_text, interrupted)
-            )
-        await self.hub.bus.publish(
-            ConversationEntry(self.session_id, turn.number, "assistant", spoken, interrupted)
-        )
+    async def _execute(self, session: _Session, commands: list[Command], now: float) -> None:
+        for command in commands:
+            match command:
+                case ServerEvent():
+                    await self._send_event(command)
+                case SendAudio(pcm=pcm):
+                    await self._send(pcm)
+                case StartTurn(text=text):
+                    number = await self.hub.store.next_turn(session.id)
+                    session.turns.turn_started(number, text, now)
+                    structlog.contextvars.bind_contextvars(turn=number)
+                    await self.hub.bus.publish(
+                        TurnRequest(session.id, number, text, session.voice, session.language)
+                    )
+                case CancelTurn(turn=turn, unanswered=unanswered):
+                    await self.hub.store.next_turn(session.id)
+                    log.info("barge_in", cancelled_turn=turn, unanswered=unanswered)
+                case Heard():
+                    await session.history.record(command)
+                case FirstAudio(waited_s=waited):
+                    telemetry.GATEWAY_TTFA.observe(waited)
+                case _:
+                    assert_never(command)

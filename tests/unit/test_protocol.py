@@ -7,14 +7,21 @@ from typing import Any
 
 import pytest
 
+from fleet.errors import ErrorCode
 from gateway.protocol import (
-    CLOSE_TOO_BIG,
-    CLOSE_UNSUPPORTED,
+    AssistantText,
+    AudioCancel,
+    AudioEnd,
+    AudioStart,
+    CloseCode,
+    Error,
     ProtocolError,
+    Ready,
+    ServerEvent,
     Start,
     Stop,
+    Transcript,
     check_frame,
-    event,
     parse_text,
 )
 
@@ -71,7 +78,7 @@ def test_stop_is_understood() -> None:
 def test_unsupported_audio_format_closes_with_1003(fields: dict[str, Any]) -> None:
     error = rejected(start(**fields))
     assert error.code == "unsupported_format"
-    assert error.close_code == CLOSE_UNSUPPORTED
+    assert error.close_code == CloseCode.UNSUPPORTED
 
 
 @pytest.mark.parametrize(
@@ -134,7 +141,7 @@ def test_oversize_text_closes_with_1009() -> None:
     raw = start(voice="af_heart", padding="x" * MAX_TEXT)
     error = rejected(raw)
     assert error.code == "message_too_big"
-    assert error.close_code == CLOSE_TOO_BIG
+    assert error.close_code == CloseCode.TOO_BIG
 
 
 def test_the_text_limit_counts_bytes_not_characters() -> None:
@@ -170,10 +177,25 @@ def test_too_big_frame_closes_with_1009(size: int) -> None:
     with pytest.raises(ProtocolError) as info:
         check_frame(b"\x00" * size, MAX_FRAME)
     assert info.value.code == "frame_too_big"
-    assert info.value.close_code == CLOSE_TOO_BIG
+    assert info.value.close_code == CloseCode.TOO_BIG
 
 
-def test_events_are_compact_json_with_a_type() -> None:
-    raw = event("audio_start", sampleRate=24000, turn=2)
-    assert json.loads(raw) == {"type": "audio_start", "sampleRate": 24000, "turn": 2}
-    assert " " not in raw
+@pytest.mark.parametrize(
+    ("event", "sent"),
+    [
+        (
+            Ready("4f1c0b2e", resumed=False),
+            '{"type":"ready","sessionId":"4f1c0b2e","resumed":false}',
+        ),
+        (Transcript("hi", final=True), '{"type":"transcript","text":"hi","final":true}'),
+        (AssistantText("It's ", 3), '{"type":"assistant_text","text":"It\'s ","turn":3}'),
+        (AudioStart(24000, 3), '{"type":"audio_start","sampleRate":24000,"turn":3}'),
+        (AudioEnd(3), '{"type":"audio_end","turn":3}'),
+        (AudioCancel(3), '{"type":"audio_cancel","turn":3}'),
+        (Error(ErrorCode.BUSY, "later"), '{"type":"error","code":"busy","message":"later"}'),
+    ],
+)
+def test_events_are_compact_json_with_a_type_and_camel_case_fields(
+    event: ServerEvent, sent: str
+) -> None:
+    assert event.to_json() == sent

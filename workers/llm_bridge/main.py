@@ -11,6 +11,7 @@ import structlog
 
 from fleet import telemetry
 from fleet.contracts import AssistantDelta, TtsRequest, TurnDone, TurnFailed, TurnRequest
+from fleet.errors import ErrorCode
 from fleet.topology import Route
 from fleet.worker import Runtime, run_worker
 from workers.llm_bridge.chat import ChatError, ChatModel, OpenAICompatibleChat
@@ -93,10 +94,10 @@ class LlmBridge:
                     await speak(sentences.push(delta))
             await speak(sentences.flush())
         except ChatError as exc:
-            telemetry.ERRORS.labels("llm", "llm_failed").inc()
+            telemetry.ERRORS.labels("llm", ErrorCode.LLM_FAILED).inc()
             log.error("chat_failed", error=str(exc))
             await bus.publish(
-                TurnFailed(request.session_id, request.turn, "llm", "llm_failed", str(exc))
+                TurnFailed(request.session_id, request.turn, "llm", ErrorCode.LLM_FAILED, str(exc))
             )
             # What was already sent to TTS still plays; the turn ends after it.
         await bus.publish(TurnDone(request.session_id, request.turn, " ".join(spoken), len(spoken)))

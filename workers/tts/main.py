@@ -9,6 +9,7 @@ import structlog
 
 from fleet import telemetry
 from fleet.contracts import AudioOut, TtsRequest, TurnFailed
+from fleet.errors import ErrorCode
 from fleet.topology import Route
 from fleet.worker import Runtime, run_worker
 from workers.tts.chunks import speech_chunks
@@ -59,10 +60,10 @@ class TtsWorker:
         except ValueError as exc:
             # A request the provider cannot voice (unknown voice, say) is the caller's error:
             # the sentence is skipped so the turn still plays in order, and the client is told.
-            telemetry.ERRORS.labels("tts", "tts_failed").inc()
+            telemetry.ERRORS.labels("tts", ErrorCode.TTS_FAILED).inc()
             log.error("sentence_failed", error=str(exc))
             await bus.publish(
-                TurnFailed(request.session_id, request.turn, "tts", "tts_failed", str(exc))
+                TurnFailed(request.session_id, request.turn, "tts", ErrorCode.TTS_FAILED, str(exc))
             )
             await bus.publish(
                 AudioOut(request.session_id, request.turn, request.sentence, chunk, True, b"")
