@@ -13,8 +13,6 @@ from typing import Any, ClassVar
 from fleet.audio import INPUT_SAMPLE_RATE
 from fleet.errors import ErrorCode
 
-from fleet.audio import INPUT_SAMPLE_RATE
-
 PCM_FORMAT = "pcm_s16le"
 
 
