@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         description="Port of a worker's Prometheus /metrics endpoint; 0 disables it. "
         "`voicefleet up` numbers its workers' ports from here (default 9101).",
     )
+    health_port: int = Field(
+        0,
+        description="Port of a worker's /livez and /readyz (fleet/health.py); 0 disables them. "
+        "The manifests and compose set 8080.",
+    )
 
     # --- gateway ---------------------------------------------------------------------------
     gateway_host: str = Field("127.0.0.1", description="Gateway bind address.")

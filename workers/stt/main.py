@@ -90,6 +90,7 @@ class SttWorker:
         lease_channel = await bus.channel(prefetch=self.settings.stt_max_sessions)
         leases = await bus.work_queue(lease_channel, Route.STT_SESSIONS)
         lease_tag = await leases.consume(self._on_lease)
+        self.runtime.consuming.set()
         watchdog = asyncio.create_task(self._release_idle_sessions())
         log.info("serving", max_sessions=self.settings.stt_max_sessions)
 
