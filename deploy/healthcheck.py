@@ -1,8 +1,9 @@
 """Container health check for every voicefleet role (the image's HEALTHCHECK).
 
 Finds which role this container runs from the process table, then asks that role's own endpoint:
-the gateway's /healthz, a worker's Prometheus port (VF_METRICS_PORT), the llama.cpp server's
-/v1/models. Exit 0 healthy, 1 not. Standard library only.
+the gateway's /healthz, a worker's /readyz (VF_HEALTH_PORT, fleet/health.py: broker, Redis,
+models loaded and consuming; 503 while draining), the llama.cpp server's /v1/models.
+Exit 0 healthy, 1 not. Standard library only.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def _probe_url(argv: list[str]) -> str | None:
     if role[:1] == ["gateway"]:
         return f"http://127.0.0.1:{os.environ.get('VF_GATEWAY_PORT', '8000')}/healthz"
     if role[:1] == ["worker"]:
-        port = os.environ.get("VF_METRICS_PORT", "0")
-        return f"http://127.0.0.1:{port}/metrics" if port != "0" else ""
+        port = os.environ.get("VF_HEALTH_PORT", "0")
+        return f"http://127.0.0.1:{port}/readyz" if port != "0" else ""
     return None
 
 
@@ -49,7 +50,7 @@ def main() -> int:
         if url is None:
             continue
         if url == "":
-            return 0  # a worker without a metrics port: alive is all we can tell
+            return 0  # a worker without a health port: alive is all we can tell
         try:
             with urllib.request.urlopen(url, timeout=4) as response:
                 return 0 if response.status == 200 else 1

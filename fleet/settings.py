@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         description="Port of a worker's Prometheus /metrics endpoint; 0 disables it. "
         "`voicefleet up` numbers its workers' ports from here (default 9101).",
     )
+    health_port: int = Field(
+        0,
+        description="Port of a worker's /livez and /readyz (fleet/health.py); 0 disables them. "
+        "The manifests and compose set 8080.",
+    )
 
     # --- gateway ---------------------------------------------------------------------------
     gateway_host: str = Field("127.0.0.1", description="Gateway bind address.")
@@ -60,7 +65,8 @@ class Settings(BaseSettings):
     max_text_bytes: int = Field(4096, description="Largest text (JSON) message accepted (bytes).")
     max_session_s: int = Field(
         3600,
-        description="Longest allowed session (s); must stay below RabbitMQ's consumer_timeout.",
+        description="Longest allowed session (s); must stay below the session lease queue's "
+        "consumer-timeout (docs/deploy.md).",
     )
     assign_timeout_s: float = Field(
         10.0,
@@ -160,6 +166,11 @@ class Settings(BaseSettings):
     tts_execution_provider: str = Field(
         "CPUExecutionProvider",
         description="onnxruntime execution provider for Kokoro (CUDAExecutionProvider on GPU).",
+    )
+    tts_gpu_mem_limit_mb: int = Field(
+        0,
+        description="Cap of the GPU memory arena of Kokoro's CUDA provider (MiB), so that it "
+        "shares a GPU with vLLM and STT; 0 = no cap.",
     )
 
     # --- delivery ------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from fleet import telemetry
 from fleet.contracts import ContractError, Message
+from fleet.health import HealthState, serve_health
 from fleet.settings import Settings, get_settings
 from fleet.state import SessionStore, TurnWatch, connect_redis
 from fleet.topology import CONNECTION_ERRORS, Bus, Route, decode_incoming, settle
@@ -38,6 +39,8 @@ class Runtime:
     store: SessionStore
     turns: TurnWatch
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set once the worker consumes its queue, which it does only with its models loaded.
+    consuming: asyncio.Event = field(default_factory=asyncio.Event)
     _active: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -67,6 +70,7 @@ class Runtime:
         channel = await self.bus.channel(prefetch=prefetch)
         queue = await self.bus.work_queue(channel, route)
         tag = await queue.consume(on_message)
+        self.consuming.set()
         log.info("serving", queue=queue.name, prefetch=prefetch)
         await self.stopping.wait()
         try:
@@ -192,8 +196,10 @@ async def start_runtime(settings: Settings, role: str, worker_id: str) -> AsyncI
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runtime.stopping.set)
+    health = HealthState(bus.available, runtime.consuming, runtime.stopping, redis_client)
     try:
-        yield runtime
+        async with serve_health(health, settings.health_port):
+            yield runtime
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

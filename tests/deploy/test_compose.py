@@ -143,10 +143,8 @@ def test_broken_compose_file_fails(tmp_path: Path) -> None:
     assert "restrat" in result.stderr
 
 
-def test_rabbitmq_outlasts_the_longest_session_and_persists() -> None:
-    conf = (DEPLOY / "rabbitmq" / "rabbitmq.conf").read_text()
-    timeout_ms = int(re.search(r"^consumer_timeout\s*=\s*(\d+)", conf, re.M)[1])
-    assert timeout_ms > int(env_example()["VF_MAX_SESSION_S"]) * 1000
+def test_rabbitmq_persists_with_its_plugins() -> None:
+    # Its consumer timeouts: test_cluster_rules.py.
     plugins = (DEPLOY / "rabbitmq" / "enabled_plugins").read_text()
     assert "rabbitmq_management" in plugins and "rabbitmq_prometheus" in plugins
     rabbitmq = rendered(("gpu",))["services"]["rabbitmq"]
@@ -204,6 +202,35 @@ def test_stop_grace_period_exceeds_the_drain_deadline(profile: str) -> None:
         grace = service["stop_grace_period"]
         seconds = float(grace[:-1]) if grace.endswith("s") else float(grace) / 1e9
         assert seconds > drain, name
+
+
+@pytest.mark.parametrize("profile", ["gpu", "cpu"])
+def test_workers_are_probed_on_their_readiness_endpoint(profile: str) -> None:
+    services = rendered((profile,))["services"]
+    for name in (*FLEET_SERVICES[profile], "llm-server"):
+        if name not in services:
+            continue
+        check = services[name]["healthcheck"]
+        assert check["test"][0] == "CMD", name
+        seconds = float(check["timeout"].removesuffix("s"))
+        assert seconds >= 3, f"{name}: health check timeout {check['timeout']}"
+    for name in FLEET_SERVICES[profile][1:]:
+        service = services[name]
+        assert service["healthcheck"]["test"][1:] == [
+            "python",
+            "/usr/local/lib/voicefleet/healthcheck.py",
+        ], name
+        assert service["environment"]["VF_HEALTH_PORT"] != "0", name
+
+
+def test_image_health_check_asks_a_worker_for_readiness(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("healthcheck", DEPLOY / "healthcheck.py")
+    assert spec and spec.loader
+    healthcheck = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(healthcheck)
+    monkeypatch.setenv("VF_HEALTH_PORT", "8080")
+    argv = ["/opt/venv/bin/python", "/opt/venv/bin/voicefleet", "worker", "tts"]
+    assert healthcheck._probe_url(argv) == "http://127.0.0.1:8080/readyz"
 
 
 # --- the image -----------------------------------------------------------------------------

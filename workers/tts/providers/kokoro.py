@@ -37,6 +37,7 @@ class KokoroSynthesizer:
         lang: str,
         speed: float,
         execution_provider: str = _CPU,
+        gpu_mem_limit_mb: int = 0,
     ) -> None:
         available = ort.get_available_providers()
         if execution_provider not in available:
@@ -46,9 +47,18 @@ class KokoroSynthesizer:
                 f"in this installation; available: {', '.join(available)}"
             )
         # CPU stays as the fallback for any operator the accelerator lacks.
-        providers = (
-            [execution_provider] if execution_provider == _CPU else [execution_provider, _CPU]
-        )
+        accelerator: str | tuple[str, dict[str, str]] = execution_provider
+        if gpu_mem_limit_mb and execution_provider == "CUDAExecutionProvider":
+            # The GPU is shared with vLLM and STT (docs/deploy.md): bound the arena, and grow it
+            # only by what is requested so the cap is not reached by rounding up.
+            accelerator = (
+                execution_provider,
+                {
+                    "gpu_mem_limit": str(gpu_mem_limit_mb * 1024 * 1024),
+                    "arena_extend_strategy": "kSameAsRequested",
+                },
+            )
+        providers = [accelerator] if execution_provider == _CPU else [accelerator, _CPU]
         session = ort.InferenceSession(model_path, providers=providers)
         self._kokoro = Kokoro.from_session(session, voices_path)
         self._voices = self._kokoro.get_voices()
@@ -85,4 +95,5 @@ def from_settings(settings: Settings) -> SpeechSynthesizer:
         lang=settings.tts_lang,
         speed=settings.tts_speed,
         execution_provider=settings.tts_execution_provider,
+        gpu_mem_limit_mb=settings.tts_gpu_mem_limit_mb,
     )

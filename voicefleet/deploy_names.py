@@ -1,0 +1,124 @@
+"""The broker names the deployment manifests carry, derived from the fleet's own naming.
+
+KEDA scales on queue names, RabbitMQ grants rights by name patterns, and the session lease's
+consumer-timeout policy matches a queue name: all three must follow ``fleet.topology.Names``,
+including its ``VF_NAMESPACE`` prefix. ``k8s/base`` holds them for an empty namespace (the
+deployment tests compare the two). For a fleet with a namespace, this prints a kustomize
+Component that sets ``VF_NAMESPACE`` and renames every one of them:
+
+    mkdir -p k8s/components/ns-acme
+    python -m voicefleet.deploy_names acme > k8s/components/ns-acme/kustomization.yaml
+    # then list ../../components/ns-acme under `components:` in your overlay
+
+(JSON is YAML, so the output needs no YAML library.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from fleet.topology import Names
+
+# Autoscaled roles and the work queue whose length says how busy they are.
+KEDA_QUEUES: dict[str, Callable[[Names], str]] = {
+    "stt": lambda names: names.stt_sessions,
+    "llm": lambda names: names.llm_turns,
+    "tts": lambda names: names.tts_jobs,
+}
+# Queues a role creates for itself, one per process (their names end in the process id).
+OWN_QUEUES: dict[str, Callable[[Names], str]] = {
+    "gateway": lambda names: names.gateway_queue(""),
+    "stt": lambda names: names.stt_queue(""),
+}
+ROLES = ("gateway", "stt", "llm", "tts")
+LEASE_POLICY = "voicefleet-stt-lease"
+
+
+def shared_names(names: Names) -> list[str]:
+    """What every process declares at start (fleet.topology.Bus.declare) and uses."""
+    return [
+        names.events_exchange,
+        names.audio_exchange,
+        names.dead_letter_exchange,
+        names.dead_letter_queue,
+        names.transcripts_stream,
+        names.stt_sessions,
+        names.llm_turns,
+        names.tts_jobs,
+    ]
+
+
+def permission_patterns(names: Names, role: str) -> dict[str, str]:
+    """RabbitMQ configure/write/read patterns: exactly the names `role` uses, nothing else."""
+    alternatives = [re.escape(name) for name in shared_names(names)]
+    if role in OWN_QUEUES:
+        alternatives.append(re.escape(OWN_QUEUES[role](names)) + ".+")
+    used = "|".join(alternatives)
+    # Publishing to a work queue goes through the default exchange.
+    return {
+        "configure": f"^({used})$",
+        "write": f"^(amq\\.default|{used})$",
+        "read": f"^({used})$",
+    }
+
+
+def lease_policy_pattern(names: Names) -> str:
+    """The policy giving the session lease queue, and only it, its long consumer timeout."""
+    return f"^{re.escape(names.stt_sessions)}$"
+
+
+def namespace_component(namespace: str) -> dict[str, Any]:
+    """A kustomize Component moving a rendered overlay to `namespace`'s broker names."""
+    names = Names(namespace)
+
+    def patch(kind: str, name: str, path: str, value: Any) -> dict[str, Any]:
+        operations = [{"op": "replace", "path": path, "value": value}]
+        return {"target": {"kind": kind, "name": name}, "patch": json.dumps(operations)}
+
+    patches = [
+        patch(
+            "ScaledObject",
+            f"voicefleet-{role}",
+            "/spec/triggers/0/metadata/queueName",
+            queue(names),
+        )
+        for role, queue in KEDA_QUEUES.items()
+    ]
+    patches += [
+        patch(
+            "Permission",
+            f"voicefleet-{role}",
+            "/spec/permissions",
+            permission_patterns(names, role),
+        )
+        for role in ROLES
+    ]
+    patches.append(patch("Policy", LEASE_POLICY, "/spec/pattern", lease_policy_pattern(names)))
+    return {
+        "apiVersion": "kustomize.config.k8s.io/v1alpha1",
+        "kind": "Component",
+        "configMapGenerator": [
+            {
+                "name": "voicefleet-config",
+                "behavior": "merge",
+                "literals": [f"VF_NAMESPACE={namespace}"],
+            }
+        ],
+        "patches": patches,
+    }
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or not argv[0]:
+        print("usage: python -m voicefleet.deploy_names NAMESPACE", file=sys.stderr)
+        return 2
+    print(json.dumps(namespace_component(argv[0]), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
