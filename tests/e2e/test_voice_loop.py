@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fleet_processes import Fleet
+from tests.replies import assert_nothing_of_a_cancelled_turn_after_its_cancel
 from tests.speech import likeness, pcm, silence, speech, transcribe_reply, words
 from voicefleet.client import VoiceClient
 
@@ -68,25 +69,23 @@ async def test_barge_in_stops_old_audio(fleet: Fleet) -> None:
         start = await client.wait_for("audio_start", timeout=90)
         assert isinstance(start.data, dict)
         old_turn = start.data["turn"]
-        # Let some of the reply play, then talk over it.
+        # Talk over the reply as soon as its audio flows: the rest of it is still being made.
         await client.wait_for("audio", timeout=30, after=client.index_of(start))
         await client.stream(pcm(speech(INTERRUPTION), silence(2.5)))
 
         cancel = await client.wait_for("audio_cancel", timeout=30, turn=old_turn)
-        after_cancel = client.received[client.index_of(cancel) + 1 :]
-        # Nothing of the old turn may reach the client after the cancel: any audio after it
-        # must belong to a newer turn, i.e. come after a newer audio_start.
-        new_turn_started = False
-        for item in after_cancel:
-            if item.kind == "audio_start":
-                assert isinstance(item.data, dict)
-                assert item.data["turn"] > old_turn
-                new_turn_started = True
-            if item.kind == "audio":
-                assert new_turn_started, "old-turn audio arrived after audio_cancel"
-            if item.kind == "audio_end":
-                assert isinstance(item.data, dict)
-                assert item.data["turn"] != old_turn
+        before_cancel = client.received[: client.index_of(cancel)]
+        assert not any(
+            r.kind == "audio_end" and isinstance(r.data, dict) and r.data["turn"] == old_turn
+            for r in before_cancel
+        ), "the old reply had all been sent before the barge-in: nothing was cut"
+
+        # Everything up to the end of the answer to the interruption, not only what had
+        # arrived by the cancel: stale work still in the fleet must never reach the client.
+        end = await client.wait_for("audio_end", timeout=120, after=client.index_of(cancel))
+        received = client.received[: client.index_of(end) + 1]
+        assert_nothing_of_a_cancelled_turn_after_its_cancel(received)
+        assert isinstance(end.data, dict) and end.data["turn"] > old_turn
 
         final = await client.wait_for(
             "transcript", final=True, timeout=30, after=client.index_of(cancel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,20 @@ async def test_sentence_becomes_plausible_24khz_speech(synthesizer: SpeechSynthe
     frames = samples[: len(samples) // frame * frame].reshape(-1, frame)
     loudness = np.sqrt(np.mean(frames**2, axis=1))
     assert loudness.max() > 4 * np.percentile(loudness, 10)
+
+
+async def test_the_same_text_becomes_the_same_bytes_every_time(
+    synthesizer: SpeechSynthesizer,
+) -> None:
+    # The failover tests compare a reply hit by a fault with the same reply heard without one,
+    # byte for byte (tests/replies.py), across TTS worker processes: this is what that rests on.
+    first = await synthesize(synthesizer, SENTENCE, "af_heart")
+    again = await synthesize(synthesizer, SENTENCE, "af_heart")
+    together = await asyncio.gather(
+        synthesize(synthesizer, SENTENCE, "af_heart"), synthesize(synthesizer, SENTENCE, "af_heart")
+    )
+    assert again == first
+    assert list(together) == [first, first]
 
 
 async def test_unknown_voice_names_the_available_ones(synthesizer: SpeechSynthesizer) -> None:

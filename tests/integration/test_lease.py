@@ -1,147 +1,144 @@
-"""The session lease on a real RabbitMQ: an unacked session.open is STT ownership.
+"""The session lease on a real RabbitMQ, held by real STT workers (`voicefleet worker stt`).
 
 A worker consumes ``stt.sessions`` with prefetch = the sessions it can hold and keeps each lease
-unacked while it holds the session; the broker does the load balancing and the failover.
+(a ``session.open``) unacked while it holds the session; the broker does the load balancing and
+the failover. The test plays the gateway: it records the stream as current in Redis, publishes
+the lease, and reads who holds it from the ``session.assigned`` / ``session.released`` events.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
-from fleet.contracts import SessionOpen
+from fleet.contracts import SessionAssigned, SessionClose, SessionOpen, SessionReleased
 from fleet.settings import Settings
-from fleet.topology import Bus, Names, Route, decode_incoming
+from fleet.state import SessionStore
+from fleet.topology import Bus, Route
+from tests.event_tap import EventTap
+from tests.fleet_processes import FleetProcess
+from tests.role_processes import logged, role_processes, start_role
 
+pytestmark = pytest.mark.timeout(240)
 
-class SttLike:
-    """Consumes leases on its own connection (so that closing it is a worker dying)."""
-
-    def __init__(self, connection: AbstractConnection, prefetch: int) -> None:
-        self.connection = connection
-        self.prefetch = prefetch
-        self.leases: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        self.queue: AbstractQueue | None = None
-        self.tag = ""
-
-    @classmethod
-    async def start(cls, settings: Settings, prefetch: int) -> SttLike:
-        connection = await aio_pika.connect(settings.amqp_url)
-        worker = cls(connection, prefetch)
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=prefetch)
-        queue = await channel.get_queue(Names(settings.namespace).stt_sessions)
-        worker.queue = queue
-        worker.tag = await queue.consume(worker.leases.put)  # never acked: held
-        return worker
-
-    async def stop_taking_leases(self) -> None:
-        assert self.queue is not None
-        await self.queue.cancel(self.tag)
-
-    async def next_lease(self, wait_s: float = 5.0) -> AbstractIncomingMessage:
-        return await asyncio.wait_for(self.leases.get(), wait_s)
-
-    async def gets_nothing(self, wait: float = 0.5) -> bool:
-        await asyncio.sleep(wait)
-        return self.leases.empty()
+# A worker loads Whisper, Silero VAD and Smart Turn before it takes a lease; slow on 2 busy cores.
+START_PATIENCE_S = 120.0
 
 
 @pytest.fixture
-async def workers(settings: Settings, bus: Bus) -> AsyncIterator[list[SttLike]]:
-    started: list[SttLike] = []
-    yield started
-    for worker in started:
-        with contextlib.suppress(Exception):
-            await worker.connection.close()
+def workers(settings: Settings) -> Iterator[list[FleetProcess]]:
+    with role_processes(settings) as started:
+        yield started
 
 
-def lease(session: str) -> SessionOpen:
-    return SessionOpen(session, f"stream-of-{session}", "gw-1")
+@pytest.fixture
+async def tap(bus: Bus) -> AsyncIterator[EventTap]:
+    tap = await EventTap.open(bus)
+    yield tap
+    await tap.close()
+
+
+def start_stt(
+    workers: list[FleetProcess], settings: Settings, name: str, sessions: int
+) -> FleetProcess:
+    return start_role(workers, settings, name, "worker", "stt", VF_STT_MAX_SESSIONS=str(sessions))
+
+
+async def open_session(bus: Bus, store: SessionStore, tap: EventTap) -> SessionOpen:
+    """What a gateway does for a new connection: a current stream, and its lease on the queue."""
+    session_id = uuid.uuid4().hex
+    lease = SessionOpen(session_id, f"stream-{session_id[:8]}", "gw-test")
+    await store.open_session(session_id, lease.gateway_id, lease.stream_id)
+    await tap.listen(session_id)
+    await bus.publish(lease)
+    return lease
+
+
+async def holder(tap: EventTap, lease: SessionOpen, *, nth: int = 0) -> str:
+    """The worker that announces it holds ``lease`` the ``nth`` time (0: first)."""
+    await tap.wait_for(
+        SessionAssigned, lambda _: len(holders(tap, lease)) > nth, timeout=START_PATIENCE_S
+    )
+    return holders(tap, lease)[nth]
+
+
+def holders(tap: EventTap, lease: SessionOpen) -> list[str]:
+    return [m.worker_id for m in tap.of(SessionAssigned, lease.session_id)]
 
 
 async def test_a_full_worker_gets_no_second_lease_and_another_worker_does(
-    settings: Settings, bus: Bus, workers: list[SttLike]
+    settings: Settings, bus: Bus, store: SessionStore, tap: EventTap, workers: list[FleetProcess]
 ) -> None:
-    full = await SttLike.start(settings, prefetch=1)
-    workers.append(full)
-    await bus.publish(lease("sess-one-1111"))
-    held = decode_incoming(await full.next_lease())
-    assert held == lease("sess-one-1111")
+    start_stt(workers, settings, "stt-full", sessions=1)
+    one = await open_session(bus, store, tap)
+    assert await holder(tap, one) == "stt-full"
 
-    await bus.publish(lease("sess-two-2222"))
-    assert await full.gets_nothing()  # it holds one session and can hold no more
-
-    spare = await SttLike.start(settings, prefetch=1)
-    workers.append(spare)
-    assert decode_incoming(await spare.next_lease()) == lease("sess-two-2222")
-    assert await full.gets_nothing(wait=0.2)
+    two = await open_session(bus, store, tap)
+    # The full worker is serving while the lease waits; the spare takes seconds to load its
+    # models: ample time for the full one to take the lease if its prefetch let it.
+    start_stt(workers, settings, "stt-spare", sessions=1)
+    assert await holder(tap, two) == "stt-spare"
+    assert holders(tap, one) == ["stt-full"] and holders(tap, two) == ["stt-spare"]
 
 
 async def test_a_dead_workers_lease_is_redelivered_to_a_worker_with_room(
-    settings: Settings, bus: Bus, workers: list[SttLike]
+    settings: Settings, bus: Bus, store: SessionStore, tap: EventTap, workers: list[FleetProcess]
 ) -> None:
-    doomed = await SttLike.start(settings, prefetch=1)
-    workers.append(doomed)
-    await bus.publish(lease("sess-one-1111"))
-    first = await doomed.next_lease()
-    assert not first.redelivered
+    doomed = start_stt(workers, settings, "stt-doomed", sessions=1)
+    one = await open_session(bus, store, tap)
+    assert await holder(tap, one) == "stt-doomed"
+    survivor = start_stt(workers, settings, "stt-survivor", sessions=2)
+    two = await open_session(bus, store, tap)
+    assert await holder(tap, two) == "stt-survivor"
 
-    survivor = await SttLike.start(settings, prefetch=2)
-    workers.append(survivor)
-    await bus.publish(lease("sess-two-2222"))
-    other = await survivor.next_lease()
-    assert decode_incoming(other) == lease("sess-two-2222")
-    assert not other.redelivered
+    doomed.kill()  # its channel closes with the lease unacked
 
-    await doomed.connection.close()  # the worker dies: its channel closes with the lease unacked
-
-    taken_over = await survivor.next_lease()
-    assert taken_over.redelivered
-    assert decode_incoming(taken_over) == lease("sess-one-1111")
-    assert taken_over.message_id == first.message_id
+    assert await holder(tap, one, nth=1) == "stt-survivor"
+    held = await logged(survivor, "session_held", patience=10, session_id=one.session_id)
+    assert held["redelivered"] is True, held
 
 
-async def test_an_acked_lease_is_gone_for_good(
-    settings: Settings, bus: Bus, workers: list[SttLike]
+async def test_a_lease_ended_by_its_gateway_is_gone_for_good(
+    settings: Settings, bus: Bus, store: SessionStore, tap: EventTap, workers: list[FleetProcess]
 ) -> None:
-    # The holder acks when the session closes: a dying worker must not resurrect it.
-    worker = await SttLike.start(settings, prefetch=1)
-    workers.append(worker)
-    await bus.publish(lease("sess-one-1111"))
-    held = await worker.next_lease()
-    await held.ack()
-    await worker.connection.close()
+    # The holder acks when the gateway closes the session: a dying worker must not resurrect it.
+    worker = start_stt(workers, settings, "stt-first", sessions=1)
+    one = await open_session(bus, store, tap)
+    assert await holder(tap, one) == "stt-first"
+    await bus.publish(SessionClose(one.session_id, one.stream_id))
+    await logged(worker, "session_ended", patience=30, session_id=one.session_id, reason="closed")
+    worker.kill()
 
-    other = await SttLike.start(settings, prefetch=1)
-    workers.append(other)
-    assert await other.gets_nothing()
+    # The stream is still current in Redis, so a resurrected lease would be taken; a worker
+    # with room for one session would take it before a lease published after it.
+    start_stt(workers, settings, "stt-next", sessions=1)
+    marker = await open_session(bus, store, tap)
+    assert await holder(tap, marker) == "stt-next"
+    assert holders(tap, one) == ["stt-first"]
 
 
-async def test_a_requeued_lease_moves_to_another_worker(
-    settings: Settings, bus: Bus, workers: list[SttLike]
+async def test_a_draining_worker_hands_its_lease_to_another_worker(
+    settings: Settings, bus: Bus, store: SessionStore, tap: EventTap, workers: list[FleetProcess]
 ) -> None:
-    # Drain: a worker hands a session back (reject with requeue) and stops consuming.
-    draining = await SttLike.start(settings, prefetch=1)
-    workers.append(draining)
-    await bus.publish(lease("sess-one-1111"))
-    held = await draining.next_lease()
-    fresh = await SttLike.start(settings, prefetch=1)
-    workers.append(fresh)
+    draining = start_stt(workers, settings, "stt-draining", sessions=1)
+    one = await open_session(bus, store, tap)
+    assert await holder(tap, one) == "stt-draining"
+    start_stt(workers, settings, "stt-fresh", sessions=1)
 
-    await draining.stop_taking_leases()  # first stop taking leases, then hand this one back
-    await held.reject(requeue=True)
+    # SIGTERM: it stops taking leases and hands back what it holds.
+    await asyncio.to_thread(draining.stop, 30)
+    assert draining.process is not None and draining.process.returncode == 0, draining.tail()
 
-    moved = await fresh.next_lease()
-    assert decode_incoming(moved) == decode_incoming(held)
-    assert moved.redelivered
-    assert await draining.gets_nothing(wait=0.2)
-    assert not draining.connection.is_closed  # the draining worker is alive, just not serving
+    released = await tap.wait_for(
+        SessionReleased, lambda m: m.session_id == one.session_id, timeout=10
+    )
+    assert (released.worker_id, released.reason) == ("stt-draining", "draining")
+    assert await holder(tap, one, nth=1) == "stt-fresh"
+    assert holders(tap, one) == ["stt-draining", "stt-fresh"]
 
 
 async def test_lease_queue_is_the_work_queue_of_the_topology(bus: Bus) -> None:
@@ -149,7 +146,7 @@ async def test_lease_queue_is_the_work_queue_of_the_topology(bus: Bus) -> None:
     try:
         queue = await bus.work_queue(channel, Route.STT_SESSIONS)
         assert queue.name == bus.names.stt_sessions
-        await bus.publish(lease("sess-one-1111"))
+        await bus.publish(SessionOpen("sess-one-1111", "stream-of-sess-one-1111", "gw-1"))
         incoming = await queue.get(timeout=5)
         assert incoming.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
         await incoming.reject(requeue=True)

@@ -1,28 +1,47 @@
 """Workers skip work of a superseded turn, and stop it when the turn changes mid-way.
 
-The real TTS worker (Kokoro) and LLM bridge run in this process on the real broker and Redis.
+The real TTS worker (Kokoro) and LLM bridge run in this process on the real broker and Redis;
+the bridge talks to the real local chat server (`voicefleet llm-server`, llama.cpp), whose log
+shows whether it was asked and whether the bridge hung up on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
-from aio_pika.abc import AbstractQueue
 
-from fleet.contracts import AudioOut, Message, TtsRequest, TurnDone, TurnRequest
+from fleet.contracts import (
+    AssistantDelta,
+    AudioOut,
+    TranscriptPartial,
+    TtsRequest,
+    TurnDone,
+    TurnRequest,
+)
 from fleet.settings import Settings
 from fleet.state import SessionStore
-from fleet.topology import Bus, Route, decode_incoming
-from fleet.worker import start_runtime
+from fleet.topology import Bus
+from fleet.worker import Runtime, start_runtime
+from tests.event_tap import EventTap
+from tests.fleet_processes import FleetProcess, free_port
+from tests.role_processes import printed, role_processes, start_role
+from workers.llm_bridge.chat import OpenAICompatibleChat
 from workers.llm_bridge.main import LlmBridge
 from workers.tts.main import TtsWorker
 from workers.tts.providers import create_synthesizer
 
 pytestmark = pytest.mark.timeout(120)
+
+# What the chat server (llama-cpp-python) prints when the client of a stream hangs up; it then
+# stops generating for that request.
+DISCONNECTED = "Disconnected from client (via refresh/close)"
 
 
 @pytest.fixture
@@ -30,28 +49,6 @@ async def session(store: SessionStore) -> str:
     session_id = uuid.uuid4().hex
     await store.open_session(session_id, "gateway-test", "stream-1")
     return session_id
-
-
-async def events_of(bus: Bus, session_id: str) -> AbstractQueue:
-    channel = await bus.channel(prefetch=0)
-    queue = await channel.declare_queue(exclusive=True)
-    await queue.bind(await bus.exchange(channel, Route.EVENTS), routing_key=session_id)
-    return queue
-
-
-async def drain(queue: AbstractQueue, quiet_s: float) -> list[Message]:
-    """Everything on ``queue`` until it has been quiet for ``quiet_s``."""
-    received: list[Message] = []
-    while True:
-        incoming = None
-        deadline = asyncio.get_running_loop().time() + quiet_s
-        while incoming is None and asyncio.get_running_loop().time() < deadline:
-            incoming = await queue.get(no_ack=True, fail=False)
-            if incoming is None:
-                await asyncio.sleep(0.02)
-        if incoming is None:
-            return received
-        received.append(decode_incoming(incoming))
 
 
 @pytest.fixture(scope="module")
@@ -64,79 +61,114 @@ async def test_tts_skips_a_sentence_of_a_superseded_turn(
 ) -> None:
     stale_turn = await store.next_turn(session)
     current_turn = await store.next_turn(session)
-    events = await events_of(bus, session)
+    tap = await EventTap.open(bus, session)
     async with start_runtime(settings, "tts", "tts-test") as runtime:
         worker = TtsWorker(runtime, synthesizer)
         await worker.handle(TtsRequest(session, stale_turn, 0, "This reply is no longer wanted."))
         await worker.handle(TtsRequest(session, current_turn, 0, "This one is."))
-    audio = [m for m in await drain(events, 1.0) if isinstance(m, AudioOut)]
+    await tap.caught_up(bus, session)
+    audio = tap.of(AudioOut)
     assert {m.turn for m in audio} == {current_turn}
     assert audio[-1].last
 
 
-async def test_tts_stops_a_sentence_when_the_user_barges_in(
+async def test_tts_stops_a_sentence_when_the_user_barges_in_while_its_audio_flows(
     settings: Settings, bus: Bus, store: SessionStore, session: str, synthesizer: Any
 ) -> None:
     turn = await store.next_turn(session)
-    events = await events_of(bus, session)
-    long_text = " ".join(["This sentence goes on and on for quite a while, and then"] * 6) + "."
+    tap = await EventTap.open(bus, session)
+    # Several of Kokoro's phoneme batches: audio goes out batch by batch, so the cut lands
+    # between chunks of one batch or while the next is being synthesized, never after the end.
+    long_text = " ".join(["This sentence goes on and on for quite a while, and then"] * 24) + "."
     async with start_runtime(settings, "tts", "tts-test") as runtime:
         worker = TtsWorker(runtime, synthesizer)
         speaking = asyncio.create_task(worker.handle(TtsRequest(session, turn, 0, long_text)))
-        await asyncio.sleep(0.05)
+        await tap.wait_for(AudioOut, timeout=90)  # the sentence's audio is flowing
         await store.next_turn(session)  # barge-in
-        await asyncio.wait_for(speaking, 60)
-    audio = [m for m in await drain(events, 1.0) if isinstance(m, AudioOut)]
+        await asyncio.wait_for(speaking, 90)
+        await tap.caught_up(bus, session)
+    audio = tap.of(AudioOut)
+    assert [m.chunk for m in audio] == list(range(len(audio))), "chunks in order, once"
     assert not any(m.last for m in audio), "the cancelled sentence must not be played to its end"
 
 
-class SlowCountingChat:
-    """A chat model that streams forever until closed; records whether it was closed."""
+@pytest.fixture(scope="module")
+def chat_server() -> Iterator[tuple[FleetProcess, str]]:
+    """The local chat server, and its OpenAI-compatible base URL."""
+    place = Settings(namespace=f"t{uuid.uuid4().hex[:10]}")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    with role_processes(place) as started:
+        server = start_role(started, place, "llm-server", "llm-server", "--port", str(port))
+        deadline = time.monotonic() + 120
+        while not serving(url):
+            assert server.process is not None and server.process.poll() is None, server.tail()
+            assert time.monotonic() < deadline, f"chat server not up:\n{server.tail()}"
+            time.sleep(0.3)
+        yield server, url
 
-    def __init__(self) -> None:
-        self.closed = asyncio.Event()
 
-    async def stream(
-        self,
-        messages: Sequence[Mapping[str, str]],
-        *,
-        max_tokens: int,
-        temperature: float,
-        **_: Any,
-    ) -> AsyncIterator[str]:
-        try:
-            for number in range(10_000):
-                yield f" {number}."
-                await asyncio.sleep(0.05)
-        finally:
-            self.closed.set()
+def serving(url: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(f"{url}/models", timeout=2).status_code == 200
+    return False
+
+
+def chat_requests(server: FleetProcess) -> int:
+    """How many chat completions the server has been asked for (its access log)."""
+    return server.log_path.read_text(errors="replace").count("POST /v1/chat/completions")
+
+
+def bridge(runtime: Runtime, url: str) -> LlmBridge:
+    settings = runtime.settings
+    return LlmBridge(
+        runtime, OpenAICompatibleChat(url, settings.llm_model, settings.llm_api_key, 60.0)
+    )
 
 
 async def test_llm_bridge_closes_the_stream_of_a_cancelled_turn(
-    settings: Settings, bus: Bus, store: SessionStore, session: str
+    settings: Settings,
+    bus: Bus,
+    store: SessionStore,
+    session: str,
+    chat_server: tuple[FleetProcess, str],
 ) -> None:
+    server, url = chat_server
     turn = await store.next_turn(session)
-    events = await events_of(bus, session)
-    chat = SlowCountingChat()
-    async with start_runtime(settings, "llm", "llm-test") as runtime:
-        bridge = LlmBridge(runtime, chat)  # type: ignore[arg-type]
-        streaming = asyncio.create_task(bridge.handle(TurnRequest(session, turn, "Count forever.")))
-        await asyncio.sleep(0.5)
+    tap = await EventTap.open(bus, session)
+    asked = chat_requests(server)
+    # Long enough that the server would still be generating for a minute if nobody hung up.
+    long_replies = settings.model_copy(update={"llm_max_tokens": 1500})
+    async with start_runtime(long_replies, "llm", "llm-test") as runtime:
+        streaming = asyncio.create_task(
+            bridge(runtime, url).handle(
+                TurnRequest(session, turn, "Count from one to one thousand, one number a line.")
+            )
+        )
+        await tap.wait_for(AssistantDelta, lambda m: m.index >= 10, timeout=60)  # it streams
         await store.next_turn(session)  # barge-in
-        await asyncio.wait_for(chat.closed.wait(), 2)
-        await asyncio.wait_for(streaming, 2)
-    messages = await drain(events, 0.5)
-    assert not any(isinstance(m, TurnDone) for m in messages), "a cancelled turn is not 'done'"
+        await asyncio.wait_for(streaming, 30)
+        await tap.caught_up(bus, session)
+    assert not tap.of(TurnDone), "a cancelled turn is not 'done'"
+    assert chat_requests(server) == asked + 1
+    # The server saw the client hang up, so it stopped generating and is free for others.
+    await printed(server, DISCONNECTED, patience=15)
 
 
 async def test_llm_bridge_skips_a_turn_that_is_already_stale(
-    settings: Settings, bus: Bus, store: SessionStore, session: str
+    settings: Settings,
+    bus: Bus,
+    store: SessionStore,
+    session: str,
+    chat_server: tuple[FleetProcess, str],
 ) -> None:
+    server, url = chat_server
     stale = await store.next_turn(session)
     await store.next_turn(session)
-    events = await events_of(bus, session)
-    chat = SlowCountingChat()
+    tap = await EventTap.open(bus, session)
+    asked = chat_requests(server)
     async with start_runtime(settings, "llm", "llm-test") as runtime:
-        await LlmBridge(runtime, chat).handle(TurnRequest(session, stale, "Old question."))  # type: ignore[arg-type]
-    assert not chat.closed.is_set(), "the model was never asked"
-    assert await drain(events, 0.5) == []
+        await bridge(runtime, url).handle(TurnRequest(session, stale, "Old question."))
+    await tap.caught_up(bus, session)
+    assert chat_requests(server) == asked, "the model was asked for a stale turn"
+    assert [m for m in tap.messages if not isinstance(m, TranscriptPartial)] == []
