@@ -95,7 +95,7 @@ class Hub:
             checks["redis"] = f"unreachable: {type(exc).__name__}: {exc}"
         return all(v == "ok" for v in checks.values()), checks
 
-    async def attach(self, session_id: str, sink: EventSink, stream_id: str = "") -> None:
+    async def attach(self, session_id: str, sink: EventSink, stream_id: str) -> None:
         """Route the session's events to ``sink``; a newer connection of it takes over.
 
         ``stream_id`` names the connection's stream: the hub keeps the session's record in
@@ -103,8 +103,7 @@ class Hub:
         Raises :class:`BrokerUnavailable` when the broker is unreachable.
         """
         assert self._events is not None
-        if stream_id:
-            self._streams[session_id] = stream_id
+        self._streams[session_id] = stream_id
         try:
             await self._events.add(session_id, sink)
         finally:

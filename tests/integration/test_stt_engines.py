@@ -1,6 +1,6 @@
 """StreamingTranscriber with the real models (Whisper base, Silero VAD v6, Smart Turn v3.2).
 
-Speech is Kokoro's: Smart Turn scores espeak and Piper voices poorly (see MODELS.md).
+Speech is Kokoro's: Smart Turn scores espeak and Piper voices poorly.
 """
 
 from __future__ import annotations
