@@ -29,7 +29,7 @@ async def read_log(bus: Bus, offset: int | str, count: int) -> list[Conversation
     try:
         queue = await channel.get_queue(bus.names.transcripts_stream)
         await queue.consume(received.put, arguments={"x-stream-offset": offset})
-        entries = []
+        entries: list[ConversationEntry] = []
         async with asyncio.timeout(10):
             while len(entries) < count:
                 incoming = await received.get()
