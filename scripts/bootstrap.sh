@@ -80,6 +80,20 @@ if [ "${#packages[@]}" -gt 0 ]; then
   apt_install "${packages[@]}"
 fi
 
+# --- test prerequisites: chaos, multi-host and browser suites ----------------------------------
+# tests/chaos starts a private RabbitMQ and Redis (installed above); tests/multihost also needs
+# iproute2 for network namespaces (ping to check links, when present); tests/e2e/test_browser.py
+# needs a Chromium on PATH (installed above as `chromium`; Ubuntu's `chromium-browser` will do).
+# A suite whose prerequisite is still missing fails, saying why, unless VF_TEST_OPT_OUT names it.
+if [ "$with_test_tools" -eq 1 ]; then
+  test_packages=()
+  have ip || test_packages+=(iproute2)
+  have ping || test_packages+=(iputils-ping)
+  if [ "${#test_packages[@]}" -gt 0 ]; then
+    apt_install "${test_packages[@]}"
+  fi
+fi
+
 # --- virtual environment and Python packages ---------------------------------------------------
 if ! [ -x .venv/bin/python ]; then
   have python3.11 || { say "python3.11 is required (e.g. via pyenv)"; exit 1; }

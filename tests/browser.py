@@ -27,7 +27,17 @@ import websockets
 
 from fleet.audio import FloatArray, float32_to_pcm16, resample
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def find_chromium() -> Path | None:
+    """The first Chromium on PATH (Debian: chromium; Ubuntu: chromium-browser; or Chrome)."""
+    for name in CHROMIUM_NAMES:
+        if found := shutil.which(name):
+            return Path(found)
+    return None
+
+
 FAKE_CAPTURE_RATE = 48000  # the rate Chromium's fake capture device handles best
 COMMAND_TIMEOUT = 30.0  # seconds for one DevTools command
 
@@ -63,7 +73,12 @@ class Browser:
         log_path: Path | None = None,
         window_size: tuple[int, int] = (1280, 900),
         startup_timeout: float = 30.0,
+        chromium: Path | None = None,
     ) -> None:
+        found = chromium or find_chromium()
+        if found is None:
+            raise FileNotFoundError(f"no Chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)})")
+        self.chromium = found
         self.fake_audio = fake_audio
         self.log_path = log_path
         self.window_size = window_size
@@ -80,7 +95,7 @@ class Browser:
     def args(self, profile: Path) -> list[str]:
         width, height = self.window_size
         args = [
-            str(CHROMIUM),
+            str(self.chromium),
             "--headless=new",
             "--no-sandbox",  # Chromium refuses to run as root with its sandbox
             "--disable-gpu",

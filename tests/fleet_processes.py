@@ -19,11 +19,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
 from fleet.settings import Settings
 from fleet.state import Exchange, SessionStore, connect_redis
+from tests.relay import Relay
 from voicefleet.namespaces import consumer_counts, delete_namespace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +104,8 @@ class Fleet:
     gateway_ports: list[int]
     llm_url: str
     processes: dict[str, FleetProcess] = field(default_factory=dict)
+    chat_tap: Relay | None = None  # between the LLM bridges and the chat server, if asked for
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # worker name -> /metrics port
 
     @property
     def http_url(self) -> str:
@@ -115,12 +119,34 @@ class Fleet:
         return f"ws://127.0.0.1:{self.gateway_ports[gateway]}/ws/audio"
 
     def add(self, name: str, *args: str, **env: str) -> FleetProcess:
+        if args[:1] == ("worker",) and "VF_METRICS_PORT" not in env:
+            env["VF_METRICS_PORT"] = str(self.metrics_ports.setdefault(name, free_port()))
         process = FleetProcess(
             name, list(args), {**self.env, **env}, ARTIFACTS / self.name / f"{name}.log"
         )
         self.processes[name] = process
         process.start()
         return process
+
+    @contextlib.contextmanager
+    def extra(self, name: str, *args: str, **env: str) -> Iterator[FleetProcess]:
+        """One more process of this fleet (its own settings in ``env``), stopped and forgotten
+        afterwards, so the fleet is as it was for the tests that share it."""
+        process = self.add(name, *args, **env)
+        try:
+            yield process
+        finally:
+            process.stop()
+            del self.processes[name]
+            self.metrics_ports.pop(name, None)
+
+    @contextlib.contextmanager
+    def extra_gateway(self, name: str, **env: str) -> Iterator[str]:
+        """One more gateway with its own settings; yields its WebSocket URL once it is ready."""
+        port = free_port()
+        with self.extra(name, "gateway", VF_WORKER_ID=name, VF_GATEWAY_PORT=str(port), **env):
+            wait_http(f"http://127.0.0.1:{port}/readyz", self, timeout=60)
+            yield f"ws://127.0.0.1:{port}/ws/audio"
 
     def workers_that_logged(self, kind: str, event: str, session_id: str) -> list[str]:
         """Names of the ``kind`` workers whose log has ``event`` for the session."""
@@ -210,9 +236,13 @@ def running_fleet(
     llm: int = 1,
     tts: int = 1,
     gateways: int = 1,
+    tap_chat: bool = False,
     **overrides: str,
 ) -> Iterator[Fleet]:
-    """A whole fleet; the chat server is started too unless VF_LLM_URL points at one."""
+    """A whole fleet; the chat server is started too unless VF_LLM_URL points at one.
+
+    ``tap_chat`` puts a :class:`Relay` between the LLM bridges and the chat server.
+    """
     namespace = f"t{uuid.uuid4().hex[:10]}"
     gateway_ports = [free_port() for _ in range(gateways)]
     external_llm = os.environ.get("VF_LLM_URL")
@@ -235,6 +265,11 @@ def running_fleet(
         redis_url=overrides.get("redis_url", defaults.redis_url),
     )
     fleet = Fleet(name, settings, env, gateway_ports, llm_url)
+    if tap_chat:
+        upstream = urlsplit(llm_url)
+        fleet.chat_tap = Relay(upstream.hostname or "127.0.0.1", upstream.port or 80)
+        fleet.chat_tap.start()
+        env["VF_LLM_URL"] = fleet.chat_tap.url.removesuffix("/v1") + upstream.path
     try:
         if not external_llm:
             fleet.add("llm-server", "llm-server", "--port", str(llm_port))
@@ -252,4 +287,6 @@ def running_fleet(
         yield fleet
     finally:
         fleet.stop()
+        if fleet.chat_tap is not None:
+            fleet.chat_tap.stop()
         asyncio.run(delete_namespace(settings))

@@ -76,6 +76,32 @@ def likeness(heard: str, said: str) -> float:
 
 def transcribe_reply(pcm24k: bytes) -> str:
     """What a listener hears in 24 kHz reply audio, by Whisper (beam 5)."""
-    audio = resample(pcm16_to_float32(pcm24k), 24000, RATE)
+    audio = reply_audio(pcm24k)
     segments, _ = _whisper().transcribe(audio, language="en", beam_size=5, vad_filter=False)
     return " ".join(segment.text for segment in segments)
+
+
+def median_pitch(audio: FloatArray, rate: int = RATE) -> float:
+    """The median fundamental frequency (Hz) of the voiced 40 ms frames, by autocorrelation.
+
+    Enough to tell a low voice from a high one: Kokoro's male voices sit near 100-130 Hz, its
+    female voices near 180-250 Hz.
+    """
+    size, hop = int(0.04 * rate), int(0.02 * rate)
+    shortest, longest = rate // 400, rate // 60
+    loud = float(np.max(np.abs(audio))) * 0.1 if audio.size else 0.0
+    pitches = []
+    for begin in range(0, audio.size - size, hop):
+        frame = audio[begin : begin + size] - np.mean(audio[begin : begin + size])
+        if np.sqrt(np.mean(frame**2)) < loud:
+            continue
+        correlation = np.correlate(frame, frame, mode="full")[size - 1 :]
+        lag = shortest + int(np.argmax(correlation[shortest:longest]))
+        if correlation[lag] > 0.5 * correlation[0]:
+            pitches.append(rate / lag)
+    return float(np.median(pitches)) if pitches else 0.0
+
+
+def reply_audio(pcm24k: bytes) -> FloatArray:
+    """24 kHz reply audio as 16 kHz float32, like the test utterances."""
+    return resample(pcm16_to_float32(pcm24k), 24000, RATE)

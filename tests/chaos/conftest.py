@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.fleet_processes import Fleet, running_fleet
+from tests.prerequisites import require
 from tests.private_services import (
     PrivateRabbitMQ,
     PrivateRedis,
@@ -31,9 +32,7 @@ class Chaos:
 
 @pytest.fixture(scope="session")
 def chaos() -> Iterator[Chaos]:
-    reason = rabbitmq_unavailable_reason() or redis_unavailable_reason()
-    if reason:
-        pytest.skip(f"chaos tests need a private RabbitMQ and Redis: {reason}")
+    require("chaos", rabbitmq_unavailable_reason() or redis_unavailable_reason())
     with (
         private_rabbitmq() as broker,
         private_redis() as redis,

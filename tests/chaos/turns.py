@@ -1,4 +1,4 @@
-"""A voice turn from the client's side, and the checks every chaos test makes afterwards."""
+"""The checks every chaos test makes around a voice turn."""
 
 from __future__ import annotations
 
@@ -8,28 +8,10 @@ import time
 import httpx
 
 from tests.fleet_processes import Fleet
-from tests.speech import pcm, silence, speech
-from voicefleet.client import Received, VoiceClient
+from tests.voice_turns import QUESTION, SECOND_QUESTION, voice_turn
+from voicefleet.client import VoiceClient
 
-QUESTION = "What is the capital of France?"
-SECOND_QUESTION = "What colour is the sky?"
-
-
-async def voice_turn(client: VoiceClient, text: str = QUESTION) -> Received:
-    """Speak ``text``; returns the reply's ``audio_end`` (so the turn played completely)."""
-    after = len(client.received)
-    await client.stream(pcm(silence(0.3), speech(text), silence(2.5)))
-    final = await client.wait_for("transcript", final=True, timeout=30, after=after)
-    start = await client.wait_for("audio_start", timeout=60, after=client.index_of(final))
-    assert isinstance(start.data, dict)
-    end = await client.wait_for("audio_end", timeout=90, turn=start.data["turn"])
-    played = sum(
-        len(r.data)
-        for r in client.received[client.index_of(start) : client.index_of(end)]
-        if r.kind == "audio" and isinstance(r.data, bytes)
-    )
-    assert played > 24000 * 2 * 0.3, "less than 0.3 s of reply audio"
-    return end
+__all__ = ["QUESTION", "SECOND_QUESTION", "outcome", "voice_turn", "wait_ready"]
 
 
 async def wait_ready(fleet: Fleet, *, ready: bool, patience: float) -> float:

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.browser import CHROMIUM, Browser, CdpError, write_wav
+from tests.browser import CHROMIUM_NAMES, Browser, CdpError, find_chromium, write_wav
 from tests.fleet_processes import ARTIFACTS, Fleet
+from tests.prerequisites import require
+from tests.relay import Relay
 from tests.speech import RATE, silence, speech
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(600)]
@@ -52,8 +54,13 @@ def finished_turn(snapshot: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed")
+def require_chromium() -> None:
+    missing = f"no Chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)})"
+    require("browser", None if find_chromium() else missing)
+
+
 async def test_browser_shows_transcript_and_plays_reply(fleet: Fleet, tmp_path: Path) -> None:
+    require_chromium()
     wav = write_wav(
         tmp_path / "question.wav",
         np.concatenate([silence(0.5), speech(QUESTION), silence(4.0)]),
@@ -89,8 +96,9 @@ async def test_browser_shows_transcript_and_plays_reply(fleet: Fleet, tmp_path: 
                 if snapshot["state"] == "error" or browser.exceptions:
                     break
                 await asyncio.sleep(0.25)
-            # Let the last DOM updates (turn meta, stats) render before the picture is taken.
-            await asyncio.sleep(0.5)
+            if turn is not None:
+                # The picture is taken once the page shows the finished turn's figures.
+                await browser.wait_for("document.body.innerText.includes('TTFA')", seconds=10)
             page_text = await browser.evaluate("document.body.innerText") or ""
             events = await browser.evaluate_json("voicefleet.events")
             await browser.screenshot(SCREENSHOT)
@@ -126,3 +134,38 @@ async def test_browser_shows_transcript_and_plays_reply(fleet: Fleet, tmp_path: 
         f"frames={turn['audioFrames']} elapsed={elapsed:.1f}s screenshot={SCREENSHOT}\n"
         f"console: {browser.console}"
     )
+
+
+async def test_the_page_reconnects_by_itself_and_resumes_its_conversation(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """Behind a load balancer (a relay) in front of two gateways, the page's gateway is stopped
+    (SIGTERM: it closes with 1012); with nobody pressing anything, the page connects again,
+    reaches the other gateway and resumes the same conversation."""
+    require_chromium()
+    wav = write_wav(tmp_path / "quiet.wav", silence(1.0), RATE)
+    first_gateway = fleet.processes["gateway-1"]
+    with fleet.extra_gateway("gateway-other") as other_url:
+        other_port = int(other_url.split(":")[2].split("/")[0])
+        balancer = Relay("127.0.0.1", fleet.gateway_ports[0])
+        balancer.start()
+        browser = Browser(fake_audio=wav, log_path=ARTIFACTS / "browser" / "chromium-reconnect.log")
+        try:
+            async with browser:
+                await browser.navigate(f"http://127.0.0.1:{balancer.port}/?autostart=1&new=1")
+                session_id = await browser.wait_for(
+                    "window.voicefleet && voicefleet.state === 'ready' && voicefleet.sessionId",
+                    seconds=30,
+                )
+                balancer.upstream = ("127.0.0.1", other_port)
+                await asyncio.to_thread(first_gateway.stop)
+                resumed = await browser.wait_for(
+                    "voicefleet.closes.length > 0 && voicefleet.state === 'ready' && "
+                    "voicefleet.resumed && JSON.stringify(voicefleet.closes.map((c) => c.code))",
+                    seconds=60,
+                )
+                assert json.loads(resumed)[0] == 1012, resumed
+                assert await browser.evaluate("voicefleet.sessionId") == session_id
+        finally:
+            balancer.stop()
+            await asyncio.to_thread(fleet.restore)

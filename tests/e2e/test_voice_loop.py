@@ -115,12 +115,13 @@ async def test_a_request_continued_after_a_pause_is_answered_whole(fleet: Fleet)
                 silence(2.0),
             )
         )
-        finals = [e for e in client.events("transcript") if e["final"] and e["text"].strip()]
-        # Smart Turn ends a turn after the first sentence; the pause is shorter than a reply takes.
-        assert len(finals) == 2, finals
         start = await client.wait_for("audio_start", timeout=90)
         assert isinstance(start.data, dict)
         await client.wait_for("audio_end", timeout=180, turn=start.data["turn"])
+        # Every final transcript precedes the reply it gets, so all of them are in by now.
+        finals = [e for e in client.events("transcript") if e["final"] and e["text"].strip()]
+        # Smart Turn ends a turn after the first sentence; the pause is shorter than a reply takes.
+        assert len(finals) == 2, finals
         assert {e["turn"] for e in client.events("audio_start")} == {start.data["turn"]}
 
         history = await fleet.history(client.session_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import socket
 import subprocess
@@ -17,12 +18,8 @@ from fleet.model_paths import model_paths
 from fleet.settings import Settings
 from workers.llm_bridge.chat import ChatError, OpenAICompatibleChat
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("llama_cpp") is None,
-    reason="llama-cpp-python is not installed (pip install 'voicefleet[llm-server]')",
-)
-
 SERVER_START_TIMEOUT_S = 60.0
+PACE_PIECES = 20  # pieces of a long reply read to learn how fast this server generates
 SYSTEM = {"role": "system", "content": "You are a friendly voice assistant."}
 
 
@@ -35,6 +32,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def llm_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.fail("llama-cpp-python is not installed (pip install 'voicefleet[llm-server]')")
     gguf = model_paths(Settings()).chat_gguf
     if not gguf.is_file():
         pytest.fail(f"chat model missing at {gguf}; run `voicefleet models` first")
@@ -100,38 +99,43 @@ async def test_stream_yields_deltas_of_a_reply(chat: OpenAICompatibleChat) -> No
     assert all(deltas)
     assert "".join(deltas).strip()
     assert len(first_token) == 1
-    assert 0.0 < first_token[0] < 10.0
+    assert first_token[0] > 0.0
 
 
 async def test_closing_early_frees_the_server(chat: OpenAICompatibleChat) -> None:
-    # Uninterrupted, this reply runs for hundreds of tokens (several seconds). The server
-    # generates one reply at a time, so the next request starts quickly only if closing the
-    # stream really stopped this one.
+    # Uninterrupted, this reply runs for a thousand tokens. The server generates one reply at a
+    # time, so the next request is answered before the rest of this one could have been
+    # generated only if closing the stream really stopped it. The comparison is with this
+    # server's own pace, measured on the first pieces, not with a fixed time.
     counting = [{"role": "user", "content": "Count from 1 to 500, separated by commas."}]
+    read = 0
     async with aclosing(chat.stream(counting, max_tokens=1000, temperature=0.0)) as stream:
         async for _ in stream:
-            break
+            if read == 0:
+                first_at = time.perf_counter()
+            read += 1
+            if read == PACE_PIECES:
+                break
+    seconds_per_piece = (time.perf_counter() - first_at) / (PACE_PIECES - 1)
+    rest_of_it_s = (1000 - PACE_PIECES) * seconds_per_piece
 
-    first_token: list[float] = []
     started = time.perf_counter()
     hello = [SYSTEM, {"role": "user", "content": "Say hello."}]
-    async with aclosing(
-        chat.stream(hello, max_tokens=5, temperature=0.0, on_first_token=first_token.append)
-    ) as stream:
+    async with aclosing(chat.stream(hello, max_tokens=5, temperature=0.0)) as stream:
         assert [delta async for delta in stream]
-    assert first_token and first_token[0] < 1.5
-    assert time.perf_counter() - started < 2.0
+    answered_s = time.perf_counter() - started
+    assert answered_s < rest_of_it_s / 4, (answered_s, rest_of_it_s)
 
 
-async def test_unreachable_server_raises_chat_error_quickly() -> None:
+async def test_unreachable_server_raises_chat_error_without_waiting_out_the_timeout() -> None:
     url = f"http://127.0.0.1:{_free_port()}/v1"
-    started = time.perf_counter()
-    async with OpenAICompatibleChat(url, "smollm2", "none", timeout=30.0) as model:
+    # A refused connection is reported as soon as it is refused, not after the request timeout.
+    async with OpenAICompatibleChat(url, "smollm2", "none", timeout=3600.0) as model:
         with pytest.raises(ChatError, match="unreachable") as caught:
-            async for _ in model.stream([SYSTEM], max_tokens=5, temperature=0.0):
-                pass
+            async with asyncio.timeout(60):
+                async for _ in model.stream([SYSTEM], max_tokens=5, temperature=0.0):
+                    pass
     assert caught.value.status is None
-    assert time.perf_counter() - started < 2.0
 
 
 async def test_http_error_carries_the_status(chat: OpenAICompatibleChat) -> None:

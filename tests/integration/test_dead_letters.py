@@ -42,6 +42,16 @@ async def llm_worker(
             await asyncio.wait_for(serving, timeout=10)
 
 
+CATCH_UP = "catch-up marker"
+
+
+async def caught_up_with(bus: Bus, caught_up: asyncio.Event) -> None:
+    """Returns once a job published now has been handled: the queue is first in, first out, so
+    anything requeued before it (a redelivery that should not happen) has been delivered too."""
+    await bus.publish(TurnRequest(SID, 99, CATCH_UP))
+    await asyncio.wait_for(caught_up.wait(), timeout=10)
+
+
 async def publish_raw(bus: Bus, message: aio_pika.Message) -> None:
     channel = await bus.connection.channel(publisher_confirms=True)
     try:
@@ -149,8 +159,12 @@ async def test_a_job_that_always_fails_is_dead_lettered_after_max_deliveries(
     settings: Settings, bus: Bus, store: SessionStore
 ) -> None:
     attempts: list[TurnRequest] = []
+    caught_up = asyncio.Event()
 
     async def handler(turn: TurnRequest) -> None:
+        if turn.text == CATCH_UP:
+            caught_up.set()
+            return
         attempts.append(turn)
         raise RuntimeError("model server exploded")
 
@@ -161,7 +175,7 @@ async def test_a_job_that_always_fails_is_dead_lettered_after_max_deliveries(
     async with llm_worker(settings, handler):
         await bus.publish(failing)
         dead = await dead_letters(bus, 1)
-        await asyncio.sleep(0.5)  # no further redelivery after the dead-lettering
+        await caught_up_with(bus, caught_up)  # no further redelivery after the dead-lettering
 
     assert len(attempts) == settings.max_deliveries
     assert all(a == failing for a in attempts)
@@ -176,7 +190,12 @@ async def test_a_job_that_fails_once_is_retried_and_not_dead_lettered(
     attempts: list[TurnRequest] = []
     done = asyncio.Event()
 
+    caught_up = asyncio.Event()
+
     async def handler(turn: TurnRequest) -> None:
+        if turn.text == CATCH_UP:
+            caught_up.set()
+            return
         attempts.append(turn)
         if len(attempts) == 1:
             raise ConnectionError("model server restarting")
@@ -185,7 +204,7 @@ async def test_a_job_that_fails_once_is_retried_and_not_dead_lettered(
     async with llm_worker(settings, handler):
         await bus.publish(TurnRequest(SID, 2, "Second try works."))
         await asyncio.wait_for(done.wait(), timeout=10)
-        await asyncio.sleep(0.3)
+        await caught_up_with(bus, caught_up)  # and no third try
 
     assert len(attempts) == 2
     assert await dead_letter_queue_is_empty(bus)

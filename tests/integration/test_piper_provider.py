@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import cast
 
@@ -67,17 +66,12 @@ async def test_sentence_becomes_plausible_22khz_speech(synthesizer: SpeechSynthe
     assert_plausible_speech(pcm, synthesizer.sample_rate)
 
 
-async def test_first_chunk_arrives_fast(synthesizer: SpeechSynthesizer) -> None:
-    await synthesize(synthesizer, "Warm up.", "en_US-joe-medium")
-    started = time.perf_counter()
+async def test_the_first_chunk_can_be_taken_alone(synthesizer: SpeechSynthesizer) -> None:
+    # How soon: `VF_TTS_PROVIDER=piper python -m benchmarks.tts_first_byte`.
     parts = cast(AsyncGenerator[bytes], synthesizer.stream(SENTENCE, "en_US-joe-medium"))
     first = await anext(parts)
-    first_byte = time.perf_counter() - started
     await parts.aclose()
-    print(f"piper first chunk after {first_byte * 1000:.0f} ms ({len(first)} bytes)")
-    assert first
-    # The whole sentence is one chunk; RTF ~0.06 makes that ~0.2 s. Generous for a busy CI box.
-    assert first_byte < 1.5
+    assert first and len(first) % 2 == 0
 
 
 async def test_sentences_stream_one_chunk_each(synthesizer: SpeechSynthesizer) -> None:

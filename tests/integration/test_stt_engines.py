@@ -30,10 +30,13 @@ from workers.stt.transcriber import (
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-pytestmark = pytest.mark.skipif(
-    not model_paths(get_settings()).whisper_base.exists(),
-    reason="models not assembled (run `voicefleet models`)",
-)
+
+@pytest.fixture(autouse=True, scope="module")
+def models_assembled() -> None:
+    """Missing models are a broken set-up, never a reason to skip."""
+    if not model_paths(get_settings()).whisper_base.exists():
+        pytest.fail("models not assembled (run `voicefleet models`)", pytrace=False)
+
 
 QUESTION = "What is the capital of France?"
 # Cut anywhere between 45% and 75%, Smart Turn scores this request below 0.01, whereas cuts of the

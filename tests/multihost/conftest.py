@@ -4,7 +4,7 @@
 - hostA and hostB: one STT, one LLM-bridge and one TTS worker each, reaching the broker host
   over the lab's bridge, never over loopback.
 
-Worker connections ask RabbitMQ for a 2 s heartbeat (``?heartbeat=2`` in the URL), so that the
+Worker connections ask RabbitMQ for a 2 s heartbeat (``VF_AMQP_HEARTBEAT_S=2``), so that the
 broker notices a host whose cable was pulled within seconds instead of the default minute.
 Logs go to ``artifacts/multihost/``.
 """
@@ -42,6 +42,7 @@ from tests.netns import (
     net_lab,
     netns_unavailable_reason,
 )
+from tests.prerequisites import require
 from tests.speech import speech
 from voicefleet.llm_server import server_argv
 
@@ -179,11 +180,9 @@ def _amqp_up(url: str, address: str) -> bool:
 
 @pytest.fixture(scope="module")
 def multihost() -> Iterator[MultiHostFleet]:
-    reason = netns_unavailable_reason()
-    if reason:
-        pytest.skip(f"multi-host test needs network namespaces: {reason}")
+    require("multihost", netns_unavailable_reason())
     if not model_paths(Settings()).chat_gguf.is_file():
-        pytest.skip("the chat model is not assembled; run `voicefleet models`")
+        pytest.fail("the chat model is not assembled; run `voicefleet models`", pytrace=False)
     started = time.monotonic()
     shutil.rmtree(LOG_DIR, ignore_errors=True)
     with net_lab(Path(tempfile.mkdtemp(prefix="vf-netlab-"))) as lab:
@@ -210,7 +209,7 @@ def multihost() -> Iterator[MultiHostFleet]:
         lab.start("llm-server", "broker", env, command=llm_argv, log_dir=LOG_DIR)
         _wait("RabbitMQ", lambda: _amqp_up(amqp, broker), fleet, timeout=60)
 
-        worker_env = {**env, "VF_AMQP_URL": f"{amqp}?heartbeat={WORKER_HEARTBEAT_S}"}
+        worker_env = {**env, "VF_AMQP_HEARTBEAT_S": str(WORKER_HEARTBEAT_S)}
         for host in HOSTS:
             for kind in KINDS:
                 name = f"{kind}-{host}"

@@ -1,0 +1,119 @@
+"""A TCP relay that keeps a copy of what clients send through it.
+
+In front of the chat server it shows what the fleet asked the model (``chat_messages``), byte
+for byte relayed; ``refuse()`` makes it drop every connection, as a chat server that went away
+would, and ``accept()`` ends that. In front of gateways it is a load balancer: new connections go
+to whatever ``upstream`` is when they arrive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+from typing import Any
+
+_HEADER_END = b"\r\n\r\n"
+
+
+class Relay:
+    upstream: tuple[str, int]  # where new connections go (may be changed at any time)
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._sent: list[bytearray] = []  # client -> server bytes, one buffer per connection
+        self._open: set[socket.socket] = set()
+        self._refusing = False
+        self._thread = threading.Thread(target=self._accept, name="chat-tap", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._drop_connections()
+
+    def refuse(self) -> None:
+        """From now on, every connection is closed at once (existing ones too)."""
+        self._refusing = True
+        self._drop_connections()
+
+    def accept(self) -> None:
+        self._refusing = False
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The JSON bodies of every request relayed so far, in the order connections opened."""
+        with self._lock:
+            streams = [bytes(buffer) for buffer in self._sent]
+        bodies = []
+        for data in streams:
+            while (head_end := data.find(_HEADER_END)) >= 0:
+                head = data[:head_end].decode("latin-1").lower().split("\r\n")
+                length = next(
+                    (int(h.split(":", 1)[1]) for h in head if h.startswith("content-length:")), 0
+                )
+                body = data[head_end + len(_HEADER_END) : head_end + len(_HEADER_END) + length]
+                data = data[head_end + len(_HEADER_END) + length :]
+                with contextlib.suppress(ValueError):
+                    bodies.append(json.loads(body))
+        return bodies
+
+    def chat_messages(self) -> list[list[dict[str, str]]]:
+        """The ``messages`` of every chat request relayed so far."""
+        return [b["messages"] for b in self.requests() if isinstance(b.get("messages"), list)]
+
+    def _drop_connections(self) -> None:
+        with self._lock:
+            sockets = list(self._open)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._refusing:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self.upstream, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            buffer = bytearray()
+            with self._lock:
+                self._sent.append(buffer)
+                self._open.update((client, server))
+            threading.Thread(target=self._pump, args=(client, server, buffer), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, None), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, keep: bytearray | None) -> None:
+        try:
+            while data := source.recv(65536):
+                if keep is not None:
+                    with self._lock:
+                        keep.extend(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                self._open.discard(source)
+            source.close()
