@@ -33,6 +33,13 @@ class Received:
     kind: str  # an event type, or "audio" for a binary frame
     data: dict[str, Any] | bytes
 
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The event's fields (an audio frame has none)."""
+        if isinstance(self.data, bytes):
+            raise TypeError("an audio frame has no fields")
+        return self.data
+
 
 @dataclass
 class VoiceClient:

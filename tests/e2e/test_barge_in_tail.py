@@ -42,7 +42,7 @@ async def test_talking_over_a_reply_still_playing_after_it_was_sent_cuts_it_off(
         # Smart Turn may end the turn at a pause mid-request; the reply that matters is the one
         # to the end of the request.
         request = await client.wait_for("transcript", final=True, timeout=30)
-        while "dragon" not in words(str(request.data["text"])):  # type: ignore[index]
+        while "dragon" not in words(str(request.fields["text"])):
             after = client.index_of(request) + 1
             request = await client.wait_for("transcript", final=True, timeout=30, after=after)
         start = await client.wait_for("audio_start", timeout=90, after=client.index_of(request))

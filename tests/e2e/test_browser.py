@@ -47,7 +47,8 @@ def finished_turn(snapshot: dict[str, Any]) -> dict[str, Any] | None:
     if not any(t.get("final") and t.get("text") for t in snapshot["transcripts"]):
         return None
     ended = {e for e in snapshot["eventTypes"] if e.startswith("audio_end:")}
-    for turn in snapshot["turns"]:
+    turns: list[dict[str, Any]] = snapshot["turns"]
+    for turn in turns:
         done = turn["audioEndAt"] is not None and f"audio_end:{turn['turn']}" in ended
         if turn["audioBytes"] > 0 and done:
             return turn

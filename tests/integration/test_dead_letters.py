@@ -132,7 +132,10 @@ async def test_poison_messages_are_dead_lettered_and_the_worker_keeps_serving(
     assert handled == [TurnRequest(SID, 1, "What time is it?")]
     assert {m.message_id for m in dead} == {"poison-malformed", "poison-wrong-kind"}
     for message in dead:
-        death = message.headers["x-death"][0]
+        deaths = message.headers["x-death"]
+        assert isinstance(deaths, list)
+        death = deaths[0]
+        assert isinstance(death, dict)
         assert death["queue"] == queue_name
         assert death["reason"] == "rejected"
     assert dead_lettered_total(queue_name, "malformed") == malformed_before + 1

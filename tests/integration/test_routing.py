@@ -31,7 +31,9 @@ async def channel(bus: Bus) -> AsyncIterator[AbstractChannel]:
         await channel.close()
 
 
-async def bound_queue(bus: Bus, channel: AbstractChannel, route: Route, name: str, *keys: str):
+async def bound_queue(
+    bus: Bus, channel: AbstractChannel, route: Route, name: str, *keys: str
+) -> AbstractQueue:
     queue = await bus.exclusive_queue(channel, name)
     exchange = await bus.exchange(channel, route)
     for key in keys:
@@ -148,7 +150,9 @@ async def test_a_reconnected_streams_audio_goes_to_its_new_owner_only(
     old = await bound_queue(bus, channel, Route.AUDIO, names.stt_queue("old"), "stream-old")
     new = await bound_queue(bus, channel, Route.AUDIO, names.stt_queue("new"), "stream-new")
     await bus.publish(AudioChunk("sess-aaaaaaaa", "stream-new", 1, PCM), mandatory=True)
-    assert decode_incoming(await receive(new)).stream_id == "stream-new"
+    heard = decode_incoming(await receive(new))
+    assert isinstance(heard, AudioChunk)
+    assert heard.stream_id == "stream-new"
     assert await nothing_arrives(old)
 
 

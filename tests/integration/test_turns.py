@@ -147,7 +147,7 @@ async def test_history_keeps_only_the_last_turns_in_order(store: SessionStore) -
         await store.record_exchange(SID, exchange)
     history = await store.history(SID)
     assert history == exchanges[-keep:]
-    assert await store.redis.llen(store._key(SID, "history")) == keep
+    assert await store.redis.llen(store._key(SID, "history")) == keep  # type: ignore[misc]
 
 
 async def test_the_model_is_told_a_reply_was_interrupted(store: SessionStore) -> None:
