@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from fleet.contracts import (
 )
 from fleet.errors import ErrorCode
 from fleet.settings import Settings
+from fleet.state import secret_hash
 from fleet.topology import BrokerUnavailable
 from gateway.history import History
 from gateway.hub import BrokerLost, Hub
@@ -70,6 +72,8 @@ class _Session:
     language: str
     uplink: Uplink
     history: History
+    # Handed to this connection's client only: what it resumes the session with next time.
+    resume_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     turns: TurnMachine = field(default_factory=TurnMachine)
 
 
@@ -193,9 +197,12 @@ class ClientConnection:
     async def _session_for(self, start: Start) -> _Session:
         if self.settings.auth_token and start.token != self.settings.auth_token:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "missing or wrong token")
-        known = start.session_id is not None and await self.hub.store.exists(start.session_id)
-        # An unknown or expired id is not an error: the client gets a new conversation.
-        session_id = start.session_id if known and start.session_id else uuid.uuid4().hex
+        owned = start.session_id is not None and await self.hub.store.owned_by(
+            start.session_id, start.resume_secret
+        )
+        # An unknown or expired id is not an error: the client gets a new conversation. Nor is
+        # another's id without its secret: the client must not learn that the session exists.
+        session_id = start.session_id if owned and start.session_id else uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(session_id=session_id)
         return _Session(
             session_id,
@@ -206,8 +213,11 @@ class ClientConnection:
         )
 
     async def _open(self, session: _Session) -> None:
-        resumed = await self.hub.store.open_session(session.id, self.hub.gateway_id, self.stream_id)
-        await self.hub.attach(session.id, self._inbox.put_nowait, self.stream_id)
+        digest = secret_hash(session.resume_secret)
+        resumed = await self.hub.store.open_session(
+            session.id, self.hub.gateway_id, self.stream_id, digest
+        )
+        await self.hub.attach(session.id, self._inbox.put_nowait, self.stream_id, digest)
         await session.uplink.open(self.hub.gateway_id, session.language)
         try:
             await asyncio.wait_for(session.uplink.wait_owned(), self.settings.assign_timeout_s)
@@ -215,7 +225,7 @@ class ClientConnection:
             raise ProtocolError(
                 ErrorCode.BUSY, "no speech recognizer is free; try again shortly"
             ) from None
-        await self._send_event(Ready(session.id, resumed))
+        await self._send_event(Ready(session.id, resumed, session.resume_secret))
         log.info("session_started", resumed=resumed)
 
     async def _end(self, session: _Session) -> None:
