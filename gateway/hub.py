@@ -14,7 +14,7 @@ from typing import ClassVar
 import structlog
 
 from fleet import telemetry
-from fleet.contracts import Message
+from fleet.contracts import Message, SessionTakenOver
 from fleet.inbox import KeyedInbox
 from fleet.settings import Settings
 from fleet.state import SessionStore, connect_redis
@@ -107,6 +107,11 @@ class Hub:
         Raises :class:`BrokerUnavailable` when the broker is unreachable.
         """
         assert self._events is not None
+        older = self._events.get(session_id)
+        if older is not None and older != sink:
+            # The inbox hands the session's events to the new sink only, so the broker's takeover
+            # notice would never reach an older connection on this gateway: tell it here.
+            older(SessionTakenOver(session_id, stream_id))
         self._streams[session_id] = (stream_id, secret_digest)
         try:
             await self._events.add(session_id, sink)

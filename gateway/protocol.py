@@ -40,6 +40,7 @@ CLOSES_WITH: dict[ErrorCode, CloseCode | None] = {
     ErrorCode.UNAUTHORIZED: CloseCode.POLICY,
     ErrorCode.BUSY: CloseCode.TRY_AGAIN,
     ErrorCode.SESSION_EXPIRED: CloseCode.POLICY,
+    ErrorCode.SESSION_TAKEN_OVER: CloseCode.POLICY,
     ErrorCode.STT_UNAVAILABLE: CloseCode.INTERNAL,
     ErrorCode.LLM_FAILED: None,
     ErrorCode.TTS_FAILED: None,

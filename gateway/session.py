@@ -26,6 +26,7 @@ from fleet.contracts import (
     Message,
     SessionAssigned,
     SessionReleased,
+    SessionTakenOver,
     SpeechStarted,
     TranscriptFinal,
     TranscriptPartial,
@@ -75,6 +76,12 @@ class _Session:
     # Handed to this connection's client only: what it resumes the session with next time.
     resume_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     turns: TurnMachine = field(default_factory=TurnMachine)
+
+
+def _taken_over() -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.SESSION_TAKEN_OVER, "the session was resumed on another connection"
+    )
 
 
 class ClientConnection:
@@ -218,6 +225,9 @@ class ClientConnection:
             session.id, self.hub.gateway_id, self.stream_id, digest
         )
         await self.hub.attach(session.id, self._inbox.put_nowait, self.stream_id, digest)
+        if resumed:
+            # One live connection per session: an older one, on whichever gateway, ends now.
+            await self.hub.bus.publish(SessionTakenOver(session.id, self.stream_id))
         await session.uplink.open(self.hub.gateway_id, session.language)
         try:
             await asyncio.wait_for(session.uplink.wait_owned(), self.settings.assign_timeout_s)
@@ -292,6 +302,8 @@ class ClientConnection:
                         ErrorCode.STT_UNAVAILABLE,
                         "speech recognition failed for this session; reconnect to start again",
                     )
+            case SessionTakenOver(stream_id=stream) if stream != self.stream_id:
+                raise _taken_over()
             case SpeechStarted():
                 await self._execute(session, turns.speech_started(now), now)
             case TranscriptPartial(text=text):
@@ -318,6 +330,10 @@ class ClientConnection:
                 case SendAudio(pcm=pcm):
                     await self._send(pcm)
                 case StartTurn(text=text):
+                    # A final transcript that reached this connection after a resume took the
+                    # session over belongs to the new connection, which starts its turn itself.
+                    if await self.hub.store.stream_ended(session.id, self.stream_id):
+                        raise _taken_over()
                     number = await self.hub.store.next_turn(session.id)
                     session.turns.turn_started(number, text, now)
                     structlog.contextvars.bind_contextvars(turn=number)

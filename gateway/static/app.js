@@ -628,6 +628,7 @@ const ERROR_TEXT = {
   unauthorized: 'The server requires a valid access token (see Advanced).',
   busy: 'The server has no speech-recognition capacity right now. Try again in a moment.',
   session_expired: 'The session reached its maximum length. Press Start for a new conversation.',
+  session_taken_over: 'This conversation was resumed elsewhere (another tab or device), so this page let go of it.',
   stt_unavailable: 'Speech recognition is unavailable right now.',
   llm_failed: 'The assistant could not answer that turn.',
   tts_failed: 'The assistant\'s voice failed for that turn.',

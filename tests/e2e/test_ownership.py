@@ -6,6 +6,7 @@ tests run a fleet of just those, with two gateways for the cross-gateway cases.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -113,3 +114,30 @@ async def test_no_gateway_log_line_holds_a_resume_secret(fleet: Fleet, store: Se
         assert owner.session_id in log, f"{name} logged nothing of the session"
         leaked = [line for line in log.splitlines() if any(s in line for s in secrets)]
         assert leaked == [], f"{name} logged a resume secret"
+
+
+@pytest.mark.parametrize("gateway", [0, 1], ids=["same-gateway", "other-gateway"])
+async def test_a_resume_closes_the_older_connection_within_a_second(
+    fleet: Fleet, gateway: int
+) -> None:
+    owner = VoiceClient(fleet.ws_url)
+    await owner.connect()
+    again = VoiceClient(fleet.ws_url_of(gateway))
+    try:
+        resumed_at = time.monotonic()
+        await again.connect(sessionId=owner.session_id, resumeSecret=owner.resume_secret)
+        closed = await owner.wait_for("closed", timeout=5)
+        error = await owner.wait_for("error", timeout=0)
+        assert error.data == {
+            "type": "error",
+            "code": "session_taken_over",
+            "message": "the session was resumed on another connection",
+        }
+        assert owner.close_code == 1008
+        assert closed.at - resumed_at < 1.0
+        # The error is the last the older connection hears of the session; the new one goes on.
+        assert [r.kind for r in owner.received[owner.index_of(error) :]] == ["error", "closed"]
+        assert again.close_code is None
+    finally:
+        await again.close()
+        await owner.close()
