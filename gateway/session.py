@@ -309,6 +309,10 @@ class ClientConnection:
             case TranscriptPartial(text=text):
                 await self._execute(session, turns.partial_transcript(text, now), now)
             case TranscriptFinal(text=text, upto_seq=upto):
+                # A final transcript that reaches this connection after a resume took the session
+                # over (before the notice did) is the new connection's: it starts the turn.
+                if await self.hub.store.stream_ended(session.id, self.stream_id):
+                    raise _taken_over()
                 session.uplink.transcribed(upto)
                 await self._execute(session, turns.final_transcript(text, now), now)
             case AssistantDelta(turn=turn, index=index, text=text):
@@ -330,10 +334,6 @@ class ClientConnection:
                 case SendAudio(pcm=pcm):
                     await self._send(pcm)
                 case StartTurn(text=text):
-                    # A final transcript that reached this connection after a resume took the
-                    # session over belongs to the new connection, which starts its turn itself.
-                    if await self.hub.store.stream_ended(session.id, self.stream_id):
-                        raise _taken_over()
                     number = await self.hub.store.next_turn(session.id)
                     session.turns.turn_started(number, text, now)
                     structlog.contextvars.bind_contextvars(turn=number)

@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from fleet.contracts import TranscriptFinal
 from fleet.state import Exchange, SessionStore, connect_redis
+from fleet.topology import Bus
 from tests.fleet_processes import Fleet, running_fleet
 from voicefleet.client import VoiceClient
 
@@ -141,3 +143,23 @@ async def test_a_resume_closes_the_older_connection_within_a_second(
     finally:
         await again.close()
         await owner.close()
+
+
+async def test_a_connection_whose_stream_is_no_longer_current_starts_no_turn(
+    fleet: Fleet, store: SessionStore
+) -> None:
+    owner = VoiceClient(fleet.ws_url)
+    await owner.connect()
+    # A resume elsewhere whose notice has not reached this connection yet: Redis already names
+    # the new stream when a final transcript arrives.
+    await store.open_session(owner.session_id, "gateway-elsewhere", "stream-elsewhere", "digest")
+    bus = await Bus.connect(fleet.settings, "test-ownership")
+    try:
+        await bus.publish(TranscriptFinal(owner.session_id, "What time is it?", upto_seq=0))
+        await owner.wait_for("closed", timeout=5)
+    finally:
+        await bus.close()
+        await owner.close()
+    assert [r.kind for r in owner.received] == ["ready", "error", "closed"]
+    assert owner.events("error")[0]["code"] == "session_taken_over"
+    assert await store.current_turn(owner.session_id) == 0
