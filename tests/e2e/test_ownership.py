@@ -104,18 +104,22 @@ async def test_a_superseded_secret_no_longer_resumes(fleet: Fleet, store: Sessio
     assert late.session_id != owner.session_id
 
 
-async def test_no_gateway_log_line_holds_a_resume_secret(fleet: Fleet, store: SessionStore) -> None:
+async def test_no_gateway_log_line_holds_a_resume_secret_or_token(
+    fleet: Fleet, store: SessionStore
+) -> None:
     owner = await owned_conversation(fleet, store)
     await owner.close()
     again = VoiceClient(fleet.ws_url_of(1))
-    await again.connect(sessionId=owner.session_id, resumeSecret=owner.resume_secret)
+    # A token the client sends is as secret as the resume secret, even where none is required.
+    token = "token-that-must-not-be-logged-0123"
+    await again.connect(sessionId=owner.session_id, resumeSecret=owner.resume_secret, token=token)
     await again.close()
-    secrets = {owner.resume_secret, again.resume_secret}
+    secrets = {owner.resume_secret, again.resume_secret, token}
     for name in ("gateway-1", "gateway-2"):
         log = fleet.processes[name].log_path.read_text(errors="replace")
         assert owner.session_id in log, f"{name} logged nothing of the session"
         leaked = [line for line in log.splitlines() if any(s in line for s in secrets)]
-        assert leaked == [], f"{name} logged a resume secret"
+        assert leaked == [], f"{name} logged a resume secret or token"
 
 
 @pytest.mark.parametrize("gateway", [0, 1], ids=["same-gateway", "other-gateway"])
