@@ -118,6 +118,19 @@ class SessionReleased:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionTakenOver:
+    """A newer connection resumed the session: every other connection of it must end.
+
+    Routed by session id, so the gateway of an older connection receives it wherever it is;
+    ``stream_id`` is the new connection's stream, the one that stays.
+    """
+
+    KIND: ClassVar[str] = "session.taken_over"
+    session_id: str
+    stream_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class SpeechStarted:
     KIND: ClassVar[str] = "speech.started"
     session_id: str
@@ -244,6 +257,7 @@ Message: TypeAlias = (
     | ReplayDone
     | SessionClose
     | SessionReleased
+    | SessionTakenOver
     | SpeechStarted
     | TranscriptPartial
     | TranscriptFinal
@@ -265,6 +279,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ReplayDone,
         SessionClose,
         SessionReleased,
+        SessionTakenOver,
         SpeechStarted,
         TranscriptPartial,
         TranscriptFinal,

@@ -21,6 +21,7 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
     BUSY = "busy"
     SESSION_EXPIRED = "session_expired"
+    SESSION_TAKEN_OVER = "session_taken_over"
     STT_UNAVAILABLE = "stt_unavailable"
     LLM_FAILED = "llm_failed"
     TTS_FAILED = "tts_failed"

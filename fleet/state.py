@@ -1,6 +1,7 @@
 """Session state that must outlive any one process, in Redis.
 
-Per session: a hash (who opened it, when), the turn counter, and the conversation history.
+Per session: a hash (who opened it, when, the hash of its resume secret), the turn counter, and
+the conversation history.
 The turn counter is what cancels stale work: whoever bumps it also publishes a notice on one
 pub/sub channel, and every worker keeps a :class:`TurnWatch` that learns of it at once.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import Awaitable
@@ -44,6 +47,11 @@ def connect_redis(settings: Settings) -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
+def secret_hash(secret: str) -> str:
+    """What Redis keeps of a resume secret: a random 256-bit secret needs no slow, salted hash."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class Exchange:
     """One turn of conversation: what the user said and what the assistant actually spoke."""
@@ -67,18 +75,24 @@ class SessionStore:
     def turn_channel(self) -> str:
         return f"{self._prefix}:turns"
 
-    async def open_session(self, session_id: str, gateway_id: str, stream_id: str) -> bool:
-        """Create the session or take it over with a new audio stream.
+    async def open_session(
+        self, session_id: str, gateway_id: str, stream_id: str, secret_digest: str
+    ) -> bool:
+        """Create the session or take it over with a new audio stream and resume secret.
 
         Returns True if the session already existed (a resume). The stream id recorded here is
-        the only one whose lease an STT worker may hold; older streams' leases lapse.
+        the only one whose lease an STT worker may hold; older streams' leases lapse. Only the
+        secret given to this connection resumes the session from now on.
         """
         info = self._key(session_id, "info")
         ttl = self.settings.session_ttl_s
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.exists(info)
             pipe.hsetnx(info, "created", f"{time.time():.3f}")
-            pipe.hset(info, mapping={"gateway": gateway_id, "stream": stream_id})
+            pipe.hset(
+                info,
+                mapping={"gateway": gateway_id, "stream": stream_id, "secret": secret_digest},
+            )
             pipe.expire(info, ttl)
             pipe.expire(self._key(session_id, "turn"), ttl)
             pipe.expire(self._key(session_id, "history"), ttl)
@@ -87,6 +101,14 @@ class SessionStore:
 
     async def exists(self, session_id: str) -> bool:
         return bool(await self.redis.exists(self._key(session_id, "info")))
+
+    async def owned_by(self, session_id: str, secret: str) -> bool:
+        """Whether the session is known and ``secret`` is its current resume secret."""
+        stored = await cast(
+            Awaitable[str | None], self.redis.hget(self._key(session_id, "info"), "secret")
+        )
+        # Constant time, so the comparison's duration tells nothing of the stored hash.
+        return stored is not None and hmac.compare_digest(stored, secret_hash(secret))
 
     async def current_stream(self, session_id: str) -> str | None:
         stream = await cast(
@@ -108,8 +130,12 @@ class SessionStore:
             known, stream = await pipe.execute()
         return bool(known) and stream != stream_id
 
-    async def keep_alive(self, session_id: str, gateway_id: str, stream_id: str) -> bool:
+    async def keep_alive(
+        self, session_id: str, gateway_id: str, stream_id: str, secret_digest: str
+    ) -> bool:
         """A live connection's session: refresh its TTL, and re-create its record if it is gone.
+
+        A re-created record keeps the connection's resume secret, so its client can still resume.
 
         Never changes the stream of a record that exists (a newer connection of the session may
         have taken it over). Returns True when the record had to be re-created.
@@ -121,7 +147,7 @@ class SessionStore:
                 "local created = 0 "
                 "if redis.call('EXISTS', KEYS[1]) == 0 then "
                 "redis.call('HSET', KEYS[1], 'created', ARGV[1], 'gateway', ARGV[2], "
-                "'stream', ARGV[3]) created = 1 end "
+                "'stream', ARGV[3], 'secret', ARGV[5]) created = 1 end "
                 "redis.call('EXPIRE', KEYS[1], ARGV[4]) "
                 "redis.call('EXPIRE', KEYS[2], ARGV[4]) "
                 "redis.call('EXPIRE', KEYS[3], ARGV[4]) "
@@ -134,6 +160,7 @@ class SessionStore:
                 gateway_id,
                 stream_id,
                 str(self.settings.session_ttl_s),
+                secret_digest,
             ),
         )
         return bool(recreated)

@@ -71,6 +71,7 @@ ROUTES: dict[type[Message], Route] = {
     contracts.SessionClose: Route.AUDIO,
     contracts.SessionAssigned: Route.EVENTS,
     contracts.SessionReleased: Route.EVENTS,
+    contracts.SessionTakenOver: Route.EVENTS,
     contracts.SpeechStarted: Route.EVENTS,
     contracts.TranscriptPartial: Route.EVENTS,
     contracts.TranscriptFinal: Route.EVENTS,

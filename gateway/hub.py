@@ -14,7 +14,7 @@ from typing import ClassVar
 import structlog
 
 from fleet import telemetry
-from fleet.contracts import Message
+from fleet.contracts import Message, SessionTakenOver
 from fleet.inbox import KeyedInbox
 from fleet.settings import Settings
 from fleet.state import SessionStore, connect_redis
@@ -51,7 +51,8 @@ class Hub:
         self.store = SessionStore(self.redis, settings)
         self._bus: Bus | None = None
         self._events: KeyedInbox[EventSink] | None = None
-        self._streams: dict[str, str] = {}  # session id -> its live stream id on this gateway
+        # session id -> its live stream id on this gateway and the hash of its resume secret
+        self._streams: dict[str, tuple[str, str]] = {}
         self._keepalive: asyncio.Task[None] | None = None
 
     @property
@@ -95,15 +96,23 @@ class Hub:
             checks["redis"] = f"unreachable: {type(exc).__name__}: {exc}"
         return all(v == "ok" for v in checks.values()), checks
 
-    async def attach(self, session_id: str, sink: EventSink, stream_id: str) -> None:
+    async def attach(
+        self, session_id: str, sink: EventSink, stream_id: str, secret_digest: str
+    ) -> None:
         """Route the session's events to ``sink``; a newer connection of it takes over.
 
         ``stream_id`` names the connection's stream: the hub keeps the session's record in
-        Redis alive while it is attached (and re-creates it if Redis lost it).
+        Redis alive while it is attached (and re-creates it, with ``secret_digest``, if Redis
+        lost it).
         Raises :class:`BrokerUnavailable` when the broker is unreachable.
         """
         assert self._events is not None
-        self._streams[session_id] = stream_id
+        older = self._events.get(session_id)
+        if older is not None and older != sink:
+            # The inbox hands the session's events to the new sink only, so the broker's takeover
+            # notice would never reach an older connection on this gateway: tell it here.
+            older(SessionTakenOver(session_id, stream_id))
+        self._streams[session_id] = (stream_id, secret_digest)
         try:
             await self._events.add(session_id, sink)
         finally:
@@ -130,9 +139,9 @@ class Hub:
         """
         while True:
             await asyncio.sleep(KEEPALIVE_INTERVAL_S)
-            for session_id, stream_id in list(self._streams.items()):
+            for session_id, (stream_id, digest) in list(self._streams.items()):
                 try:
-                    if await self.store.keep_alive(session_id, self.gateway_id, stream_id):
+                    if await self.store.keep_alive(session_id, self.gateway_id, stream_id, digest):
                         log.warning("session_record_recreated", session_id=session_id)
                 except asyncio.CancelledError:
                     raise

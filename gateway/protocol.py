@@ -40,6 +40,7 @@ CLOSES_WITH: dict[ErrorCode, CloseCode | None] = {
     ErrorCode.UNAUTHORIZED: CloseCode.POLICY,
     ErrorCode.BUSY: CloseCode.TRY_AGAIN,
     ErrorCode.SESSION_EXPIRED: CloseCode.POLICY,
+    ErrorCode.SESSION_TAKEN_OVER: CloseCode.POLICY,
     ErrorCode.STT_UNAVAILABLE: CloseCode.INTERNAL,
     ErrorCode.LLM_FAILED: None,
     ErrorCode.TTS_FAILED: None,
@@ -48,6 +49,7 @@ CLOSES_WITH: dict[ErrorCode, CloseCode | None] = {
 }
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+_RESUME_SECRET = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _VOICE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
 
@@ -68,6 +70,7 @@ class Start:
     voice: str
     language: str
     token: str
+    resume_secret: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,7 @@ def parse_start(data: dict[str, Any]) -> Start:
         voice=_optional_str(data, "voice", _VOICE),
         language=_optional_str(data, "language", _LANGUAGE),
         token=token,
+        resume_secret=_optional_str(data, "resumeSecret", _RESUME_SECRET),
     )
 
 
@@ -168,6 +172,7 @@ class Ready(ServerEvent):
     TYPE: ClassVar[str] = "ready"
     session_id: str
     resumed: bool
+    resume_secret: str
 
 
 @dataclass(frozen=True, slots=True)

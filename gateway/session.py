@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from fleet.contracts import (
     Message,
     SessionAssigned,
     SessionReleased,
+    SessionTakenOver,
     SpeechStarted,
     TranscriptFinal,
     TranscriptPartial,
@@ -34,6 +36,7 @@ from fleet.contracts import (
 )
 from fleet.errors import ErrorCode
 from fleet.settings import Settings
+from fleet.state import secret_hash
 from fleet.topology import BrokerUnavailable
 from gateway.history import History
 from gateway.hub import BrokerLost, Hub
@@ -70,7 +73,15 @@ class _Session:
     language: str
     uplink: Uplink
     history: History
+    # Handed to this connection's client only: what it resumes the session with next time.
+    resume_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     turns: TurnMachine = field(default_factory=TurnMachine)
+
+
+def _taken_over() -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.SESSION_TAKEN_OVER, "the session was resumed on another connection"
+    )
 
 
 class ClientConnection:
@@ -193,9 +204,12 @@ class ClientConnection:
     async def _session_for(self, start: Start) -> _Session:
         if self.settings.auth_token and start.token != self.settings.auth_token:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "missing or wrong token")
-        known = start.session_id is not None and await self.hub.store.exists(start.session_id)
-        # An unknown or expired id is not an error: the client gets a new conversation.
-        session_id = start.session_id if known and start.session_id else uuid.uuid4().hex
+        owned = start.session_id is not None and await self.hub.store.owned_by(
+            start.session_id, start.resume_secret
+        )
+        # An unknown or expired id is not an error: the client gets a new conversation. Nor is
+        # another's id without its secret: the client must not learn that the session exists.
+        session_id = start.session_id if owned and start.session_id else uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(session_id=session_id)
         return _Session(
             session_id,
@@ -206,8 +220,14 @@ class ClientConnection:
         )
 
     async def _open(self, session: _Session) -> None:
-        resumed = await self.hub.store.open_session(session.id, self.hub.gateway_id, self.stream_id)
-        await self.hub.attach(session.id, self._inbox.put_nowait, self.stream_id)
+        digest = secret_hash(session.resume_secret)
+        resumed = await self.hub.store.open_session(
+            session.id, self.hub.gateway_id, self.stream_id, digest
+        )
+        await self.hub.attach(session.id, self._inbox.put_nowait, self.stream_id, digest)
+        if resumed:
+            # One live connection per session: an older one, on whichever gateway, ends now.
+            await self.hub.bus.publish(SessionTakenOver(session.id, self.stream_id))
         await session.uplink.open(self.hub.gateway_id, session.language)
         try:
             await asyncio.wait_for(session.uplink.wait_owned(), self.settings.assign_timeout_s)
@@ -215,7 +235,7 @@ class ClientConnection:
             raise ProtocolError(
                 ErrorCode.BUSY, "no speech recognizer is free; try again shortly"
             ) from None
-        await self._send_event(Ready(session.id, resumed))
+        await self._send_event(Ready(session.id, resumed, session.resume_secret))
         log.info("session_started", resumed=resumed)
 
     async def _end(self, session: _Session) -> None:
@@ -282,11 +302,17 @@ class ClientConnection:
                         ErrorCode.STT_UNAVAILABLE,
                         "speech recognition failed for this session; reconnect to start again",
                     )
+            case SessionTakenOver(stream_id=stream) if stream != self.stream_id:
+                raise _taken_over()
             case SpeechStarted():
                 await self._execute(session, turns.speech_started(now), now)
             case TranscriptPartial(text=text):
                 await self._execute(session, turns.partial_transcript(text, now), now)
             case TranscriptFinal(text=text, upto_seq=upto):
+                # A final transcript that reaches this connection after a resume took the session
+                # over (before the notice did) is the new connection's: it starts the turn.
+                if await self.hub.store.stream_ended(session.id, self.stream_id):
+                    raise _taken_over()
                 session.uplink.transcribed(upto)
                 await self._execute(session, turns.final_transcript(text, now), now)
             case AssistantDelta(turn=turn, index=index, text=text):

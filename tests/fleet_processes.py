@@ -214,7 +214,9 @@ def wait_for_workers(fleet: Fleet, timeout: float = 120.0) -> None:
     while time.monotonic() < deadline:
         fleet.check_alive()
         counts = asyncio.run(consumer_counts(fleet.settings))
-        if all(counts.values()):
+        # A fleet without some kind of worker (a gateway-and-STT fleet) waits for the others.
+        started = {name.partition("-")[0] for name in fleet.processes}
+        if all(count for kind, count in counts.items() if kind in started):
             return
         time.sleep(0.5)
     raise TimeoutError(f"workers not consuming after {timeout}s\n{fleet.logs()}")
@@ -271,7 +273,7 @@ def running_fleet(
         fleet.chat_tap.start()
         env["VF_LLM_URL"] = fleet.chat_tap.url.removesuffix("/v1") + upstream.path
     try:
-        if not external_llm:
+        if not external_llm and llm:
             fleet.add("llm-server", "llm-server", "--port", str(llm_port))
         for kind, replicas in (("stt", stt), ("llm", llm), ("tts", tts)):
             for index in range(1, replicas + 1):

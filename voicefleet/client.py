@@ -46,6 +46,7 @@ class VoiceClient:
     url: str
     received: list[Received] = field(default_factory=list)
     session_id: str = ""
+    resume_secret: str = ""  # from ``ready``: send it as ``resumeSecret`` to resume the session
     _ws: Any = None
     _reader: asyncio.Task[None] | None = None
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -73,6 +74,7 @@ class VoiceClient:
         if answer.kind != "ready" or not isinstance(answer.data, dict):
             raise SessionRefused(answer.data if isinstance(answer.data, dict) else {})
         self.session_id = str(answer.data["sessionId"])
+        self.resume_secret = str(answer.data["resumeSecret"])
         return answer.data
 
     async def _read(self) -> None:

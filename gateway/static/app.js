@@ -8,6 +8,8 @@
 //   ?new=1           ignore a stored session id (start a new conversation)
 
 const SESSION_KEY = 'voicefleet.sessionId';
+// The secret from `ready` that resumes the session: kept per tab, like the id, and sent only with it.
+const SECRET_KEY = 'voicefleet.resumeSecret';
 const CAPTURE_RATE = 16000;
 const FRAME_MS = 100;
 const FRAME_SAMPLES = (CAPTURE_RATE * FRAME_MS) / 1000; // 1600 samples = 3200 bytes
@@ -82,7 +84,11 @@ if (voiceParam) {
   }
   ui.voice.value = voiceParam;
 }
-if (params.get('new') === '1') sessionStorage.removeItem(SESSION_KEY);
+function forgetSession() {
+  sessionStorage.removeItem(SESSION_KEY);
+  sessionStorage.removeItem(SECRET_KEY);
+}
+if (params.get('new') === '1') forgetSession();
 showSessionId(sessionStorage.getItem(SESSION_KEY));
 
 const STATE_LABELS = {
@@ -446,7 +452,10 @@ function startMessage() {
     voice: ui.voice.value, language: params.get('lang') || 'en',
   };
   const sid = sessionStorage.getItem(SESSION_KEY);
-  if (sid) msg.sessionId = sid;
+  if (sid) {
+    msg.sessionId = sid;
+    msg.resumeSecret = sessionStorage.getItem(SECRET_KEY) || '';
+  }
   const token = ui.token.value.trim();
   if (token) msg.token = token;
   return msg;
@@ -555,6 +564,7 @@ function onReady(m) {
   vf.sessionId = m.sessionId || null;
   vf.resumed = !!m.resumed;
   if (m.sessionId) sessionStorage.setItem(SESSION_KEY, m.sessionId);
+  if (m.resumeSecret) sessionStorage.setItem(SECRET_KEY, m.resumeSecret);
   showSessionId(m.sessionId);
   setState('ready');
   if (m.resumed) addSystemLine('Resumed the previous conversation.');
@@ -618,6 +628,7 @@ const ERROR_TEXT = {
   unauthorized: 'The server requires a valid access token (see Advanced).',
   busy: 'The server has no speech-recognition capacity right now. Try again in a moment.',
   session_expired: 'The session reached its maximum length. Press Start for a new conversation.',
+  session_taken_over: 'This conversation was resumed elsewhere (another tab or device), so this page let go of it.',
   stt_unavailable: 'Speech recognition is unavailable right now.',
   llm_failed: 'The assistant could not answer that turn.',
   tts_failed: 'The assistant\'s voice failed for that turn.',
@@ -629,7 +640,7 @@ function onServerError(m) {
   const entry = { t: now(), code: m.code || 'unknown', message: m.message || '' };
   vf.errors.push(entry);
   lastServerError = entry;
-  if (m.code === 'session_expired') sessionStorage.removeItem(SESSION_KEY);
+  if (m.code === 'session_expired') forgetSession();
   const friendly = ERROR_TEXT[m.code] || 'Server error.';
   const detail = m.message ? ` (${m.code}: ${m.message})` : ` (${m.code})`;
   // Turn-level failures keep the session open: show them in the log, not as a blocking notice.
@@ -831,7 +842,7 @@ function stop() {
 
 function newConversation() {
   if (['starting', 'connecting', 'ready', 'stopping'].includes(vf.state)) return;
-  sessionStorage.removeItem(SESSION_KEY);
+  forgetSession();
   vf.sessionId = null;
   showSessionId(null);
   ui.reconnect.hidden = true;

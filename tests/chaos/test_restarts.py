@@ -109,7 +109,9 @@ async def test_restart_mid_utterance(chaos: Chaos, service: str) -> None:
         else:
             assert first.close_code == 1013, first.close_code
             resumed = VoiceClient(fleet.ws_url)
-            again = await resumed.connect(sessionId=first.session_id)
+            again = await resumed.connect(
+                sessionId=first.session_id, resumeSecret=first.resume_secret
+            )
             if service == "broker":
                 assert again["resumed"] is True, "the conversation outlives a broker restart"
             await voice_turn(resumed, QUESTION)

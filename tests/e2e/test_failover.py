@@ -279,7 +279,7 @@ async def test_client_resumes_on_another_gateway(fleet: Fleet, stop: signal.Sign
         assert first.close_code in (1001, 1012), first.close_code
 
     again = VoiceClient(fleet.ws_url_of(1))
-    ready = await again.connect(sessionId=first.session_id)
+    ready = await again.connect(sessionId=first.session_id, resumeSecret=first.resume_secret)
     try:
         assert ready["resumed"] is True
         final = await talk(again, "And what about Germany?")

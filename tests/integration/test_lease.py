@@ -52,7 +52,7 @@ async def open_session(bus: Bus, store: SessionStore, tap: EventTap) -> SessionO
     """What a gateway does for a new connection: a current stream, and its lease on the queue."""
     session_id = uuid.uuid4().hex
     lease = SessionOpen(session_id, f"stream-{session_id[:8]}", "gw-test")
-    await store.open_session(session_id, lease.gateway_id, lease.stream_id)
+    await store.open_session(session_id, lease.gateway_id, lease.stream_id, "digest")
     await tap.listen(session_id)
     await bus.publish(lease)
     return lease

@@ -47,7 +47,7 @@ DISCONNECTED = "Disconnected from client (via refresh/close)"
 @pytest.fixture
 async def session(store: SessionStore) -> str:
     session_id = uuid.uuid4().hex
-    await store.open_session(session_id, "gateway-test", "stream-1")
+    await store.open_session(session_id, "gateway-test", "stream-1", "digest")
     return session_id
 
 

@@ -40,17 +40,17 @@ async def watch(store: SessionStore) -> AsyncIterator[TurnWatch]:
 
 async def test_a_new_session_is_created_and_a_second_open_is_a_resume(store: SessionStore) -> None:
     assert not await store.exists(SID)
-    assert await store.open_session(SID, "gw-1", "stream-1") is False
+    assert await store.open_session(SID, "gw-1", "stream-1", "digest") is False
     assert await store.exists(SID)
-    assert await store.open_session(SID, "gw-2", "stream-2") is True
+    assert await store.open_session(SID, "gw-2", "stream-2", "digest") is True
     assert await store.current_stream(SID) == "stream-2"
 
 
 async def test_a_resume_goes_on_with_the_turns_and_the_history(store: SessionStore) -> None:
-    await store.open_session(SID, "gw-1", "stream-1")
+    await store.open_session(SID, "gw-1", "stream-1", "digest")
     await store.next_turn(SID)
     await store.record_exchange(SID, Exchange("hi", "hello!"))
-    assert await store.open_session(SID, "gw-2", "stream-2") is True
+    assert await store.open_session(SID, "gw-2", "stream-2", "digest") is True
     # The next turn on the new stream follows the old one, and the model is shown the old one.
     assert await store.next_turn(SID) == 2
     await store.record_exchange(SID, Exchange("and you?", "fine."))
@@ -59,7 +59,7 @@ async def test_a_resume_goes_on_with_the_turns_and_the_history(store: SessionSto
 
 
 async def test_session_state_expires_with_the_ttl(settings: Settings, store: SessionStore) -> None:
-    await store.open_session(SID, "gw-1", "stream-1")
+    await store.open_session(SID, "gw-1", "stream-1", "digest")
     await store.next_turn(SID)
     await store.record_exchange(SID, Exchange("hi", "hello!"))
     for part in ("info", "turn", "history"):
@@ -180,8 +180,9 @@ async def test_history_respects_a_smaller_setting(settings: Settings, store: Ses
 
 
 async def test_ending_an_old_stream_leaves_the_newer_stream_untouched(store: SessionStore) -> None:
-    await store.open_session(SID, "gw-1", "stream-old")
-    await store.open_session(SID, "gw-2", "stream-new")  # the client reconnected elsewhere
+    # The client reconnected elsewhere; the older stream is superseded.
+    await store.open_session(SID, "gw-1", "stream-old", "digest")
+    await store.open_session(SID, "gw-2", "stream-new", "digest")
     await store.end_stream(SID, "stream-old")  # the old connection's teardown runs late
     assert await store.current_stream(SID) == "stream-new"
     await store.end_stream(SID, "stream-new")
@@ -200,7 +201,7 @@ async def test_count_delivery_counts_each_start_of_a_job(store: SessionStore) ->
 
 
 async def test_delete_session_forgets_everything(store: SessionStore) -> None:
-    await store.open_session(SID, "gw-1", "stream-1")
+    await store.open_session(SID, "gw-1", "stream-1", "digest")
     await store.next_turn(SID)
     await store.record_exchange(SID, Exchange("hi", "hello"))
     await store.delete_session(SID)
@@ -210,7 +211,7 @@ async def test_delete_session_forgets_everything(store: SessionStore) -> None:
 
 
 async def test_namespaces_do_not_see_each_other(settings: Settings, store: SessionStore) -> None:
-    await store.open_session(SID, "gw-1", "stream-1")
+    await store.open_session(SID, "gw-1", "stream-1", "digest")
     await store.next_turn(SID)
     neighbour = SessionStore(store.redis, settings.model_copy(update={"namespace": "tx-other"}))
     assert not await neighbour.exists(SID)

@@ -47,16 +47,26 @@ def rejected(raw: str) -> ProtocolError:
 
 
 def test_the_browser_clients_start_is_accepted() -> None:
-    assert parse_text(start(), MAX_TEXT) == Start(session_id=None, voice="", language="", token="")
+    assert parse_text(start(), MAX_TEXT) == Start(
+        session_id=None, voice="", language="", token="", resume_secret=""
+    )
 
 
 def test_a_minimal_start_takes_the_defaults() -> None:
-    assert parse_text('{"type":"start"}', MAX_TEXT) == Start(None, "", "", "")
+    assert parse_text('{"type":"start"}', MAX_TEXT) == Start(None, "", "", "", "")
 
 
 def test_start_with_every_optional_field() -> None:
-    raw = start(sessionId="abc_DEF-12345678", voice="af_heart", language="en-US", token="s3cret")
-    assert parse_text(raw, MAX_TEXT) == Start("abc_DEF-12345678", "af_heart", "en-US", "s3cret")
+    raw = start(
+        sessionId="abc_DEF-12345678",
+        voice="af_heart",
+        language="en-US",
+        token="s3cret",
+        resumeSecret="Zm9vYmFyYmF6cXV4LV8x",
+    )
+    assert parse_text(raw, MAX_TEXT) == Start(
+        "abc_DEF-12345678", "af_heart", "en-US", "s3cret", "Zm9vYmFyYmF6cXV4LV8x"
+    )
 
 
 def test_stop_is_understood() -> None:
@@ -184,8 +194,8 @@ def test_too_big_frame_closes_with_1009(size: int) -> None:
     ("event", "sent"),
     [
         (
-            Ready("4f1c0b2e", resumed=False),
-            '{"type":"ready","sessionId":"4f1c0b2e","resumed":false}',
+            Ready("4f1c0b2e", resumed=False, resume_secret="c2VjcmV0"),
+            '{"type":"ready","sessionId":"4f1c0b2e","resumed":false,"resumeSecret":"c2VjcmV0"}',
         ),
         (Transcript("hi", final=True), '{"type":"transcript","text":"hi","final":true}'),
         (AssistantText("It's ", 3), '{"type":"assistant_text","text":"It\'s ","turn":3}'),
