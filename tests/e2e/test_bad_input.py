@@ -156,7 +156,9 @@ async def test_a_stream_that_fails_on_every_recognizer_ends_with_stt_unavailable
 
     again = VoiceClient(fleet.ws_url)
     try:
-        ready = await again.connect(sessionId=client.session_id, language="en")
+        ready = await again.connect(
+            sessionId=client.session_id, resumeSecret=client.resume_secret, language="en"
+        )
         assert ready["resumed"] is True
         turn = await voice_turn(again, QUESTION)
         assert {"capital", "france"} <= words(turn.heard), turn.heard

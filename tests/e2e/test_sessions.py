@@ -74,7 +74,7 @@ async def test_a_session_past_its_time_limit_is_closed_and_can_be_resumed(fleet:
 
     again = VoiceClient(fleet.ws_url)
     try:
-        ready = await again.connect(sessionId=client.session_id)
+        ready = await again.connect(sessionId=client.session_id, resumeSecret=client.resume_secret)
         assert ready["resumed"] is True
     finally:
         await again.close()
