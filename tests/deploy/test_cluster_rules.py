@@ -197,7 +197,9 @@ def test_compose_model_servers_serve_the_model_the_bridges_ask_for() -> None:
 
 # --- the lease's consumer timeout -----------------------------------------------------------------
 def timeouts_ms(additional_config: str) -> int:
-    return int(re.search(r"^\s*consumer_timeout\s*=\s*(\d+)", additional_config, re.M)[1])
+    found = re.search(r"^\s*consumer_timeout\s*=\s*(\d+)", additional_config, re.M)
+    assert found, additional_config
+    return int(found[1])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -74,7 +74,8 @@ def rendered(profiles: tuple[str, ...], extra: tuple[tuple[str, str], ...] = ())
         args += ["--profile", profile]
     result = run_compose(*args, "config", "--format", "json", env=dict(extra))
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    rendered: dict[str, Any] = json.loads(result.stdout)
+    return rendered
 
 
 def env_example() -> dict[str, str]:

@@ -47,11 +47,13 @@ def config(docs: tuple[dict[str, Any], ...]) -> dict[str, str]:
         for doc in docs
         if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].startswith("voicefleet-config")
     ]
-    return configmap["data"]
+    data: dict[str, str] = configmap["data"]
+    return data
 
 
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
-    return deployment["spec"]["template"]["spec"]["containers"][0]
+    first: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return first
 
 
 def test_overlays_exist() -> None:

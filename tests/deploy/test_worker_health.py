@@ -65,12 +65,14 @@ def private_services() -> Iterator[tuple[PrivateRabbitMQ, PrivateRedis]]:
 async def worker(**services: str) -> AsyncIterator[tuple[Runtime, int]]:
     """A worker runtime serving health on a free port; shared services unless others are given."""
     port = free_port()
-    settings = Settings(
-        namespace=f"t{uuid.uuid4().hex[:10]}",
-        health_port=port,
-        log_json=False,
-        drain_timeout_s=1.0,
-        **services,
+    settings = Settings.model_validate(
+        {
+            "namespace": f"t{uuid.uuid4().hex[:10]}",
+            "health_port": port,
+            "log_json": False,
+            "drain_timeout_s": 1.0,
+            **services,
+        }
     )
     try:
         async with start_runtime(settings, "llm", f"health-{settings.namespace}") as runtime:
