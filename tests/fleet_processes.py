@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -96,6 +96,17 @@ class FleetProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def process_logs(processes: Mapping[str, FleetProcess], lines: int = 40) -> str:
+    return "\n".join(f"--- {n} ---\n{p.tail(lines)}" for n, p in processes.items())
+
+
+def check_alive(processes: Mapping[str, FleetProcess]) -> None:
+    """Raise, with its log, if any of the processes has exited."""
+    for name, process in processes.items():
+        if process.process is not None and process.process.poll() is not None:
+            raise RuntimeError(f"{name} exited early:\n{process.tail()}")
+
+
 @dataclass
 class Fleet:
     name: str
@@ -170,12 +181,10 @@ class Fleet:
         return names[0]
 
     def logs(self) -> str:
-        return "\n".join(f"--- {n} ---\n{p.tail()}" for n, p in self.processes.items())
+        return process_logs(self.processes)
 
     def check_alive(self) -> None:
-        for name, process in self.processes.items():
-            if process.process is not None and process.process.poll() is not None:
-                raise RuntimeError(f"{name} exited early:\n{process.tail()}")
+        check_alive(self.processes)
 
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):

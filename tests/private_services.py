@@ -22,9 +22,10 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import aio_pika
 
@@ -220,25 +221,25 @@ class PrivateRedis:
         return time.monotonic() - down_at
 
 
-@contextlib.contextmanager
-def private_rabbitmq() -> Iterator[PrivateRabbitMQ]:
-    base = Path(tempfile.mkdtemp(prefix="vf-rabbit-"))
-    broker = PrivateRabbitMQ(base)
-    try:
-        broker.start()
-        yield broker
-    finally:
-        broker.kill()
-        shutil.rmtree(base, ignore_errors=True)
+Server = TypeVar("Server", PrivateRabbitMQ, PrivateRedis)
 
 
 @contextlib.contextmanager
-def private_redis() -> Iterator[PrivateRedis]:
-    base = Path(tempfile.mkdtemp(prefix="vf-redis-"))
-    server = PrivateRedis(base)
+def _running(kind: Callable[[Path], Server], prefix: str) -> Iterator[Server]:
+    """A private server in a fresh directory, killed and wiped afterwards."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    server = kind(base)
     try:
         server.start()
         yield server
     finally:
         server.kill()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def private_rabbitmq() -> contextlib.AbstractContextManager[PrivateRabbitMQ]:
+    return _running(PrivateRabbitMQ, "vf-rabbit-")
+
+
+def private_redis() -> contextlib.AbstractContextManager[PrivateRedis]:
+    return _running(PrivateRedis, "vf-redis-")

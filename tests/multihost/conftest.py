@@ -32,7 +32,7 @@ import pytest
 from fleet.model_paths import model_paths
 from fleet.settings import Settings
 from fleet.topology import Names
-from tests.fleet_processes import ARTIFACTS
+from tests.fleet_processes import ARTIFACTS, check_alive, process_logs
 from tests.netns import (
     AMQP_PORT,
     HOSTS,
@@ -123,12 +123,10 @@ class MultiHostFleet:
         return connections
 
     def logs(self) -> str:
-        return "\n".join(f"--- {n} ---\n{p.tail(15)}" for n, p in self.processes.items())
+        return process_logs(self.processes, lines=15)
 
     def check_alive(self) -> None:
-        for name, process in self.processes.items():
-            if process.process is not None and process.process.poll() is not None:
-                raise RuntimeError(f"{name} exited early:\n{process.tail()}")
+        check_alive(self.processes)
 
 
 def _address(peer: object) -> str:
