@@ -106,8 +106,10 @@ class SessionClose:
 
 @dataclass(frozen=True, slots=True)
 class SessionReleased:
-    """The STT worker gave up a stream's lease (draining, failing); audio must wait for the next
-    owner. ``final``: no worker will take the stream again (it failed on every try)."""
+    """The STT worker gave up a stream's lease (draining, failing, idle); audio must wait for the
+    next owner. ``final``: no worker will take the stream again (it failed on every try).
+    ``reoffer``: the lease is settled, so no worker will come by itself: the gateway offers the
+    stream again when its client next sends audio."""
 
     KIND: ClassVar[str] = "session.released"
     session_id: str
@@ -115,6 +117,7 @@ class SessionReleased:
     worker_id: str
     reason: str
     final: bool = False
+    reoffer: bool = False
 
 
 @dataclass(frozen=True, slots=True)

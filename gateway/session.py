@@ -295,8 +295,10 @@ class ClientConnection:
                 raise BrokerUnavailable("the connection to the message broker was lost")
             case SessionAssigned(stream_id=stream) if stream == self.stream_id:
                 await session.uplink.owner_taken()
-            case SessionReleased(stream_id=stream, final=final) if stream == self.stream_id:
-                session.uplink.owner_released()
+            case SessionReleased(stream_id=stream, final=final, reoffer=reoffer) if (
+                stream == self.stream_id
+            ):
+                session.uplink.owner_released(reoffer)
                 if final:
                     raise ProtocolError(
                         ErrorCode.STT_UNAVAILABLE,

@@ -34,15 +34,18 @@ class Uplink:
         self._replay: deque[AudioChunk] = deque()
         # Set while a worker holds the stream: audio goes out live, else it is only kept.
         self._owned = asyncio.Event()
+        # The lease as offered, and whether it must be offered again (its worker released the
+        # stream while it was silent, and no worker will come for it by itself).
+        self._offer: SessionOpen | None = None
+        self._reoffer = False
         # The STT owner ignores frames older than the newest it has seen, so a replay and live
         # frames must never interleave: both publish under this lock.
         self._lock = asyncio.Lock()
 
     async def open(self, gateway_id: str, language: str) -> None:
         """Offer the stream's lease to the STT workers; :meth:`wait_owned` returns once taken."""
-        await self._bus.publish(
-            SessionOpen(self._session_id, self._stream_id, gateway_id, language)
-        )
+        self._offer = SessionOpen(self._session_id, self._stream_id, gateway_id, language)
+        await self._bus.publish(self._offer)
 
     async def wait_owned(self) -> None:
         await self._owned.wait()
@@ -60,6 +63,9 @@ class Uplink:
                 self._replay.popleft()
             if self._owned.is_set():
                 await self._publish(chunk)
+            elif self._reoffer and self._offer is not None:
+                self._reoffer = False
+                await self._bus.publish(self._offer)
 
     def transcribed(self, upto_seq: int) -> None:
         """A final transcript covers the audio up to ``upto_seq``: it needs no replay."""
@@ -78,9 +84,13 @@ class Uplink:
                     ReplayDone(self._session_id, self._stream_id), mandatory=True
                 )
 
-    def owner_released(self) -> None:
-        """The worker gave the stream up: keep the audio until the next one takes it."""
+    def owner_released(self, reoffer: bool) -> None:
+        """The worker gave the stream up: keep the audio until the next one takes it.
+
+        With ``reoffer`` no worker comes by itself: the next audio offers the lease again.
+        """
         self._owned.clear()
+        self._reoffer = reoffer
 
     async def _publish(self, chunk: AudioChunk) -> bool:
         try:

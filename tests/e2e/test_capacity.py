@@ -79,3 +79,21 @@ async def test_a_silent_session_gives_its_recognizer_back(one_seat_fleet: Fleet)
         await silent.close()
         if newcomer is not None:
             await newcomer.close()
+
+
+async def test_a_silent_session_is_heard_again_after_its_recognizer_was_released(
+    one_seat_fleet: Fleet,
+) -> None:
+    """The idle release frees the seat, not the user: when the silent client speaks again, its
+    gateway offers the stream again and the words are heard."""
+    client = VoiceClient(one_seat_fleet.ws_url)
+    await client.connect()
+    try:
+        await one_seat_fleet.wait_for_worker(
+            "stt", "session_ended", client.session_id, patience=IDLE_TIMEOUT_S + 30
+        )
+        turn = await voice_turn(client, QUESTION)
+        assert {"capital", "france"} <= words(turn.heard), turn.heard
+        assert client.events("error") == []
+    finally:
+        await client.close()

@@ -53,6 +53,7 @@ class Release(Enum):
     """How a held session ends, and so what becomes of its lease."""
 
     DONE = "done"  # acked: the stream is over
+    IDLE = "idle"  # acked: the stream went silent; its gateway offers it again when audio comes
     HAND_BACK = "hand back"  # requeued, for this or another worker
     POISON = "poison"  # dead-lettered: the stream failed on every worker that tried it
     VOID = "void"  # the broker connection is gone, and the lease with it: nothing to settle
@@ -172,7 +173,7 @@ class SttWorker:
         telemetry.SESSIONS.set(len(self.sessions))
         if held.task is not asyncio.current_task():
             await cancel_and_wait(held.task)
-        if how in (Release.HAND_BACK, Release.POISON):
+        if how in (Release.HAND_BACK, Release.POISON, Release.IDLE):
             # Audio must wait for the next owner, or (final) the stream is over.
             with contextlib.suppress(*CONNECTION_ERRORS):
                 await self.runtime.bus.publish(
@@ -182,9 +183,10 @@ class SttWorker:
                         self.runtime.worker_id,
                         reason,
                         final=how is Release.POISON,
+                        reoffer=how is Release.IDLE,
                     )
                 )
-        if how is Release.DONE:
+        if how in (Release.DONE, Release.IDLE):
             await settle(held.lease.ack(), "ack lease")
         elif how is Release.HAND_BACK:
             await settle(held.lease.reject(requeue=True), "hand back lease")
@@ -251,12 +253,9 @@ class SttWorker:
             for held in self.sessions.sinks():
                 try:
                     if held.last_audio < deadline:
-                        reason = "idle"
+                        await self._release(held, Release.IDLE, "idle")
                     elif await self.runtime.store.stream_ended(held.session_id, held.stream_id):
-                        reason = "stream ended"
-                    else:
-                        continue
-                    await self._release(held, Release.DONE, reason)
+                        await self._release(held, Release.DONE, "stream ended")
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # Redis or the broker away: try again next round
