@@ -137,12 +137,22 @@ async def test_llm_bridge_closes_the_stream_of_a_cancelled_turn(
     turn = await store.next_turn(session)
     tap = await EventTap.open(bus, session)
     asked = chat_requests(server)
-    # Long enough that the server would still be generating for a minute if nobody hung up.
-    long_replies = settings.model_copy(update={"llm_max_tokens": 1500})
+    # Long enough that the server would still be generating for a minute if nobody hung up. At
+    # temperature 0 the reply is the same for every session id (the seed is per session and turn);
+    # sampled, or under the default voice-assistant prompt, the small model may answer in a line.
+    long_replies = settings.model_copy(
+        update={
+            "llm_max_tokens": 1500,
+            "llm_temperature": 0.0,
+            "llm_system_prompt": "You are a storyteller. Your stories are long and detailed.",
+        }
+    )
     async with start_runtime(long_replies, "llm", "llm-test") as runtime:
         streaming = asyncio.create_task(
             bridge(runtime, url).handle(
-                TurnRequest(session, turn, "Count from one to one thousand, one number a line.")
+                TurnRequest(
+                    session, turn, "Tell me a long story about a brave knight and a dragon."
+                )
             )
         )
         await tap.wait_for(AssistantDelta, lambda m: m.index >= 10, timeout=60)  # it streams
