@@ -149,9 +149,12 @@ def assert_heard_as_without_fault(faulted: HeardReply, reference: HeardReply) ->
 
 
 def assert_nothing_of_a_cancelled_turn_after_its_cancel(received: list[Received]) -> None:
-    """docs/protocol.md, ordering 2-4: after ``audio_cancel`` for turn N, no binary frame, no
-    ``assistant_text`` and no ``audio_end`` of N; every frame belongs to the turn of the latest
-    ``audio_start`` and comes before that turn's ``audio_end``."""
+    """docs/protocol.md, ordering 2-4: after ``audio_cancel`` for turn N, nothing of N is sent (no
+    binary frame, no ``assistant_text``, no ``audio_end``, no second ``audio_cancel``); every frame
+    belongs to the turn of the latest ``audio_start`` and comes before that turn's ``audio_end``.
+
+    A second ``audio_cancel`` of N is what a gateway sends that kept N as its current turn: each
+    later word of the user "interrupts" it again."""
     cancelled: set[int] = set()
     playing: int | None = None  # the turn whose frames may arrive now
     for position, item in enumerate(received):
@@ -160,12 +163,13 @@ def assert_nothing_of_a_cancelled_turn_after_its_cancel(received: list[Received]
         where = f"item {position} ({item.kind}, turn {turn})"
         if item.kind == "audio":
             assert playing is not None, f"{where}: a frame outside any turn's audio (old audio?)"
-        elif item.kind == "audio_cancel":
+            continue
+        assert turn is None or turn not in cancelled, f"{where}: the turn was cancelled before"
+        if item.kind == "audio_cancel":
             cancelled.add(int(data["turn"]))
             if playing == data["turn"]:
                 playing = None
         elif item.kind in ("assistant_text", "audio_start", "audio_end"):
-            assert turn not in cancelled, f"{where}: the turn was cancelled before"
             playing = int(data["turn"]) if item.kind == "audio_start" else playing
             if item.kind == "audio_end":
                 assert playing == turn, f"{where}: not the turn whose audio is playing"

@@ -46,8 +46,9 @@ def test_a_barge_in_done_right_passes() -> None:
         [item("assistant_text", text="upon a time", turn=1)],
         [item("audio_end", turn=1)],
         [item("audio_start", turn=3), FRAME, item("audio_end", turn=1)],
+        [item("transcript", text="Stop", final=False), item("audio_cancel", turn=1)],
     ],
-    ids=["frame", "text", "audio_end", "end-of-old-during-new"],
+    ids=["frame", "text", "audio_end", "end-of-old-during-new", "cancelled-again"],
 )
 def test_anything_of_a_cancelled_turn_after_its_cancel_fails(late: list[Received]) -> None:
     received = [item("audio_start", turn=1), FRAME, item("audio_cancel", turn=1), *late]
