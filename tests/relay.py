@@ -19,6 +19,7 @@ _HEADER_END = b"\r\n\r\n"
 
 class Relay:
     upstream: tuple[str, int]  # where new connections go (may be changed at any time)
+    whole_replies: bool = False  # hold each response until it is complete (may be changed)
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
@@ -99,7 +100,7 @@ class Relay:
                 self._sent.append(buffer)
                 self._open.update((client, server))
             threading.Thread(target=self._pump, args=(client, server, buffer), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, None), daemon=True).start()
+            threading.Thread(target=self._pump_back, args=(server, client), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, keep: bytearray | None) -> None:
         try:
@@ -117,3 +118,34 @@ class Relay:
             with self._lock:
                 self._open.discard(source)
             source.close()
+
+    def _pump_back(self, server: socket.socket, client: socket.socket) -> None:
+        """Server to client: at once, or one whole response at a time (``whole_replies``)."""
+        held = bytearray()
+        try:
+            while data := server.recv(65536):
+                held.extend(data)
+                if not self.whole_replies or _response_complete(held):
+                    client.sendall(held)
+                    held.clear()
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                client.sendall(held)
+            for sock in (server, client):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                self._open.discard(server)
+            server.close()
+
+
+def _response_complete(data: bytearray) -> bool:
+    """Whether ``data`` ends with the end of an HTTP response (a streamed one is chunked)."""
+    head_end = data.find(_HEADER_END)
+    if head_end < 0:
+        return False
+    if b"transfer-encoding: chunked" not in bytes(data[:head_end]).lower():
+        return True  # an error or other plain response: nothing to hold it back for
+    return data.endswith(b"\r\n0\r\n\r\n")
