@@ -280,8 +280,11 @@ class Bus:
         if self._closing:
             return
         self.available.set()
-        log.info("broker_connection_restored")
         await self._run_hooks(self._restored_hooks, "restored")
+        # aio-pika restores every channel, queue, binding and consumer before it calls this, and
+        # the hooks mend what it restores wrongly (fleet/inbox.py): from this line on the process
+        # is connected as it was before the connection was lost.
+        log.info("broker_connection_restored")
 
     async def declare(self) -> None:
         """Declare the shared topology; idempotent, every process does it at start-up."""

@@ -94,12 +94,16 @@ class MultiHostFleet:
                 await asyncio.sleep(0.05)
         return names[0]
 
-    async def wait_for_reconnect(self, worker: str, patience: float = 30.0) -> None:
-        """Until the broker has a connection from ``worker`` again (after a mended link)."""
+    def log_count(self, name: str, event: str) -> int:
+        """How many times process ``name`` has logged ``event`` so far."""
+        return sum(1 for e in self.processes[name].log_events() if e.get("event") == event)
+
+    async def wait_for_log(self, name: str, event: str, since: int, patience: float) -> None:
+        """Until process ``name`` has logged ``event`` more than ``since`` times."""
         async with asyncio.timeout(patience):
-            # The broker's connection list is all there is to watch.
-            while f"voicefleet-{worker}" not in await asyncio.to_thread(self.amqp_connections):  # noqa: ASYNC110
-                await asyncio.sleep(0.5)
+            # Another process writes the log: there is nothing to wait on but the file itself.
+            while self.log_count(name, event) <= since:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
 
     def log_event(self, name: str, event: str, session_id: str) -> dict[str, object]:
         return next(

@@ -23,6 +23,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 # VF_AMQP_HEARTBEAT_S": twice the heartbeat for the broker to notice, then a moment for the lease
 # to reach another worker and be announced.
 TAKEOVER_BOUND_S = 2 * WORKER_HEARTBEAT_S + 3
+# After the last reply frame would have played; the gateway counts playback on its own clock.
+PLAYED_OUT_MARGIN_S = 0.5
 
 
 def _host(worker: str) -> str:
@@ -203,12 +205,15 @@ async def test_healed_host_does_not_serve_a_taken_over_session(multihost: MultiH
             24000 * 2
         )
 
+        restored = multihost.log_count(holder, "broker_connection_restored")
         lab.mend(cut_host)
         mended = True
-        await multihost.wait_for_reconnect(holder, patience=30)
-        await asyncio.sleep(1.0)  # let the restored channels re-declare what they had
-        # Speak only once the reply has played out, so that the follow-up is no barge-in.
-        await asyncio.sleep(max(0.0, played_out_at + 0.5 - time.monotonic()))
+        # The old owner is back on the broker with its channels restored and what it no longer
+        # holds unbound (fleet/topology.py logs this once both are done).
+        await multihost.wait_for_log(holder, "broker_connection_restored", restored, patience=60)
+        # Speak only once the reply has played out, so that the follow-up is no barge-in: the
+        # client's playback is a clock, not an event (bounded by the reply's length).
+        await asyncio.sleep(max(0.0, played_out_at + PLAYED_OUT_MARGIN_S - time.monotonic()))
 
         mark = len(client.received)
         talking.set()
