@@ -7,13 +7,20 @@ For integration tests that need one real role process, not a whole fleet; the pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
+
 from fleet.settings import Settings
-from tests.fleet_processes import ARTIFACTS, FleetProcess
+from tests.fleet_processes import ARTIFACTS, FleetProcess, free_port
+
+CHAT_SERVER_START_S = 120.0
 
 
 @contextmanager
@@ -85,3 +92,26 @@ async def printed(process: FleetProcess, text: str, *, patience: float, since: i
         # Another process writes the log: there is nothing to wait on but the file itself.
         while text not in process.log_path.read_text(errors="replace")[since:]:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+
+
+@contextmanager
+def local_chat_server() -> Iterator[tuple[FleetProcess, str]]:
+    """`voicefleet llm-server` (llama.cpp, the assembled model), and its base URL once serving."""
+    place = Settings(namespace=f"t{uuid.uuid4().hex[:10]}")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    with role_processes(place) as started:
+        server = start_role(started, place, "llm-server", "llm-server", "--port", str(port))
+        deadline = time.monotonic() + CHAT_SERVER_START_S
+        while not serving(url):
+            assert server.process is not None and server.process.poll() is None, server.tail()
+            assert time.monotonic() < deadline, f"chat server not up:\n{server.tail()}"
+            time.sleep(0.3)
+        yield server, url
+
+
+def serving(url: str) -> bool:
+    """Whether the chat server at ``url`` answers (its model list)."""
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(f"{url}/models", timeout=2).status_code == 200
+    return False

@@ -26,9 +26,9 @@ def _kokoro() -> object:
 
 
 @lru_cache(maxsize=16)
-def speech(text: str, voice: str = "af_heart") -> FloatArray:
-    """`text` spoken by Kokoro, as 16 kHz float32."""
-    samples, rate = _kokoro().create(text, voice=voice, lang="en-us")  # type: ignore[attr-defined]
+def speech(text: str, voice: str = "af_heart", lang: str = "en-us") -> FloatArray:
+    """`text` spoken by Kokoro (phonemized as ``lang``), as 16 kHz float32."""
+    samples, rate = _kokoro().create(text, voice=voice, lang=lang)  # type: ignore[attr-defined]
     return resample(np.asarray(samples, dtype=np.float32), int(rate), RATE)
 
 
@@ -74,10 +74,10 @@ def likeness(heard: str, said: str) -> float:
     ).ratio()
 
 
-def transcribe_reply(pcm24k: bytes) -> str:
+def transcribe_reply(pcm24k: bytes, language: str = "en") -> str:
     """What a listener hears in 24 kHz reply audio, by Whisper (beam 5)."""
     audio = reply_audio(pcm24k)
-    segments, _ = _whisper().transcribe(audio, language="en", beam_size=5, vad_filter=False)
+    segments, _ = _whisper().transcribe(audio, language=language, beam_size=5, vad_filter=False)
     return " ".join(segment.text for segment in segments)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from fleet.model_paths import kokoro_locations
 from fleet.settings import Settings
+from tests.speech import spoken_words, transcribe_reply
 from workers.tts.providers import SpeechSynthesizer, create_synthesizer
 
 SENTENCE = "The weather is lovely today, so let's go for a walk."
@@ -78,4 +79,60 @@ def test_unknown_provider_is_refused() -> None:
 def test_unavailable_execution_provider_is_refused() -> None:
     settings = Settings(tts_execution_provider="NoSuchExecutionProvider")
     with pytest.raises(ValueError, match=r"not available.*CPUExecutionProvider"):
+        create_synthesizer(settings)
+
+
+# --- the settings that shape synthesis (README: VF_TTS_SPEED, VF_TTS_LANG, VF_TTS_MODEL, ...) ---
+
+
+def seconds_of(pcm: bytes, synthesizer: SpeechSynthesizer) -> float:
+    return len(pcm) / 2 / synthesizer.sample_rate
+
+
+async def test_speed_setting_changes_the_speech_rate(synthesizer: SpeechSynthesizer) -> None:
+    normal = await synthesize(synthesizer, SENTENCE, "af_heart")
+    fast = await synthesize(create_synthesizer(Settings(tts_speed=1.5)), SENTENCE, "af_heart")
+    slow = await synthesize(create_synthesizer(Settings(tts_speed=0.75)), SENTENCE, "af_heart")
+    # Kokoro stretches its predicted durations by 1/speed: the same words in about 2/3 (4/3) of
+    # the time.
+    assert seconds_of(fast, synthesizer) < 0.8 * seconds_of(normal, synthesizer)
+    assert seconds_of(slow, synthesizer) > 1.2 * seconds_of(normal, synthesizer)
+
+
+FRENCH = "Quelle est la capitale de la France ?"
+
+
+async def test_lang_setting_is_the_language_text_is_phonemized_in() -> None:
+    # The same French sentence in Kokoro's French voice: phonemized as French, Whisper hears the
+    # French words; phonemized as American English, "est" is read as the English letters "EST".
+    as_french = await synthesize(create_synthesizer(Settings(tts_lang="fr-fr")), FRENCH, "ff_siwis")
+    as_english = await synthesize(
+        create_synthesizer(Settings(tts_lang="en-us")), FRENCH, "ff_siwis"
+    )
+    heard_french = spoken_words(transcribe_reply(as_french, language="fr"))
+    heard_english = spoken_words(transcribe_reply(as_english, language="fr"))
+    assert heard_french[:3] == ["quelle", "est", "la"], heard_french
+    assert "est" not in heard_english, heard_english
+
+
+async def test_model_and_voices_settings_are_the_files_loaded(tmp_path: Path) -> None:
+    model, voices = kokoro_locations(Settings())
+    # A voices file of its own, holding one voice: the synthesizer offers exactly that one.
+    own_voices = tmp_path / "one-voice.npz"
+    with np.load(voices) as every_voice:
+        np.savez(own_voices, af_heart=every_voice["af_heart"])
+    own_model = tmp_path / "kokoro.onnx"
+    own_model.symlink_to(model)
+    synthesizer = create_synthesizer(Settings(tts_model=str(own_model), tts_voices=str(own_voices)))
+    assert await synthesize(synthesizer, SENTENCE, "af_heart")
+    with pytest.raises(ValueError, match=r"unknown Kokoro voice 'bf_emma'; available: af_heart$"):
+        await synthesize(synthesizer, SENTENCE, "bf_emma")
+
+
+@pytest.mark.parametrize("setting", ["tts_model", "tts_voices"])
+def test_a_missing_model_file_is_named_at_start(setting: str, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "kokoro-file"
+    settings = Settings.model_validate({setting: str(missing)})
+    name = f"VF_{setting.upper()}"
+    with pytest.raises(FileNotFoundError, match=rf"{name}: .*{missing}"):
         create_synthesizer(settings)

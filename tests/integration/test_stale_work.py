@@ -8,13 +8,10 @@ shows whether it was asked and whether the bridge hung up on it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from fleet.contracts import (
@@ -30,8 +27,8 @@ from fleet.state import SessionStore
 from fleet.topology import Bus
 from fleet.worker import Runtime, start_runtime
 from tests.event_tap import EventTap
-from tests.fleet_processes import FleetProcess, free_port
-from tests.role_processes import printed, role_processes, start_role
+from tests.fleet_processes import FleetProcess
+from tests.role_processes import local_chat_server, printed
 from workers.llm_bridge.chat import OpenAICompatibleChat
 from workers.llm_bridge.main import LlmBridge
 from workers.tts.main import TtsWorker
@@ -95,23 +92,8 @@ async def test_tts_stops_a_sentence_when_the_user_barges_in_while_its_audio_flow
 @pytest.fixture(scope="module")
 def chat_server() -> Iterator[tuple[FleetProcess, str]]:
     """The local chat server, and its OpenAI-compatible base URL."""
-    place = Settings(namespace=f"t{uuid.uuid4().hex[:10]}")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/v1"
-    with role_processes(place) as started:
-        server = start_role(started, place, "llm-server", "llm-server", "--port", str(port))
-        deadline = time.monotonic() + 120
-        while not serving(url):
-            assert server.process is not None and server.process.poll() is None, server.tail()
-            assert time.monotonic() < deadline, f"chat server not up:\n{server.tail()}"
-            time.sleep(0.3)
-        yield server, url
-
-
-def serving(url: str) -> bool:
-    with contextlib.suppress(httpx.HTTPError):
-        return httpx.get(f"{url}/models", timeout=2).status_code == 200
-    return False
+    with local_chat_server() as running:
+        yield running
 
 
 def chat_requests(server: FleetProcess) -> int:

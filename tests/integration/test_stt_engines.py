@@ -6,11 +6,15 @@ Speech is Kokoro's: Smart Turn scores espeak and Piper voices poorly.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +25,7 @@ from tests.speech import FRAME_BYTES, RATE, frames, silence, speech
 from workers.stt.endpointing import StartSpeech
 from workers.stt.engines import SpeechRecognizer
 from workers.stt.transcriber import (
+    PARTIAL_BEAM,
     FinalTranscript,
     PartialTranscript,
     StreamingTranscriber,
@@ -177,3 +182,148 @@ async def test_silence_and_noise_produce_nothing(
     events = await _run(transcriber, frames(silence(1.5), silence(1.5, noise=0.003)))
     assert events == []
     assert spy.lengths == []
+
+
+# --- the settings that shape recognition (README: VF_STT_LANGUAGE, VF_STT_END_SILENCE_S, ...) ---
+
+FRENCH = "Quelle est la capitale de la France ?"
+
+
+async def test_language_setting_is_the_language_transcribed(
+    real_engines: SttEngines, spy: RecordingRecognizer
+) -> None:
+    french = frames(silence(0.3), speech(FRENCH, "ff_siwis", "fr-fr"), silence(2.0))
+    heard: dict[str, str] = {}
+    for language in ("fr", "en"):
+        # No language asked for by the session: the setting decides.
+        transcriber = StreamingTranscriber(
+            _engines(real_engines, spy), Settings(stt_language=language), ""
+        )
+        (final,) = _finals(await _run(transcriber, french))
+        heard[language] = _words(final.text)
+    # Whisper writes what it hears in the language it is told: the French words, or (told
+    # English) an English rendering of them.
+    assert {"quelle", "est", "capitale"} <= set(heard["fr"].split()), heard
+    assert "capitale" not in heard["en"].split() and "capital" in heard["en"].split(), heard
+
+
+def _waited_s(final: FinalTranscript, speech_end_s: float) -> float:
+    """Audio time from the end of the speech to the frame that ended the turn."""
+    return (final.upto_seq + 1) * FRAME_S - speech_end_s
+
+
+async def test_end_silence_setting_is_the_pause_before_the_turn_can_end(
+    real_engines: SttEngines, spy: RecordingRecognizer
+) -> None:
+    lead, question = silence(0.3), speech(QUESTION)
+    chunks = frames(lead, question, silence(2.0))
+    speech_end_s = (lead.size + question.size) / RATE
+    long_pause = 0.9  # below the silence timeout (1.2 s), after which the turn ends regardless
+    short_pause = get_settings().stt_end_silence_s
+    waited = {}
+    for end_silence in (short_pause, long_pause):
+        settings = Settings(stt_end_silence_s=end_silence)
+        transcriber = StreamingTranscriber(_engines(real_engines, spy), settings, "en")
+        (final,) = _finals(await _run(transcriber, chunks))
+        waited[end_silence] = _waited_s(final, speech_end_s)
+    # Smart Turn takes the whole question for a finished turn as soon as it is asked, so the
+    # turn ends that pause after the speech (as the VAD hears it end, a little before Kokoro's
+    # last sample): the longer pause, the later by the difference, give or take a frame.
+    assert waited[short_pause] < long_pause, waited
+    assert waited[long_pause] - waited[short_pause] >= long_pause - short_pause - FRAME_S, waited
+
+
+async def test_vad_threshold_setting_decides_what_is_speech(
+    real_engines: SttEngines, spy: RecordingRecognizer
+) -> None:
+    chunks = frames(silence(0.3), speech(QUESTION), silence(2.0))
+    # Silero scores this clean speech at most about 0.99 (measured: 0.987).
+    deaf = StreamingTranscriber(
+        _engines(real_engines, spy), Settings(stt_vad_threshold=0.995), "en"
+    )
+    assert await _run(deaf, chunks) == []
+    assert spy.lengths == [], "audio below the threshold was sent to Whisper"
+    hearing = StreamingTranscriber(
+        _engines(real_engines, spy), Settings(stt_vad_threshold=0.9), "en"
+    )
+    events = await _run(hearing, chunks)
+    assert [type(e) for _, e in events].count(StartSpeech) == 1
+    assert len(_finals(events)) == 1
+
+
+class BeamRecorder(RecordingRecognizer):
+    """Also records each decode's beam: partials decode with beam 1, commits and finals with 5."""
+
+    def __init__(self, inner: SpeechRecognizer) -> None:
+        super().__init__(inner)
+        self.beams: list[int] = []
+
+    def transcribe(self, audio: FloatArray, *, language: str, beam_size: int, prompt: str) -> str:
+        self.beams.append(beam_size)
+        return super().transcribe(audio, language=language, beam_size=beam_size, prompt=prompt)
+
+
+async def test_partial_interval_setting_spaces_the_partials(real_engines: SttEngines) -> None:
+    chunks = frames(silence(0.3), speech(LONG_REQUEST), silence(2.0))
+    partials: dict[float, list[list[int]]] = {}
+    for interval in (1.0, 30.0):
+        recorder = BeamRecorder(real_engines.recognizer)
+        settings = Settings(stt_partial_interval_s=interval)
+        transcriber = StreamingTranscriber(_engines(real_engines, recorder), settings, "en")
+        assert len(_finals(await _run(transcriber, chunks))) == 1
+        # Decodes run one at a time, in this order. Between two commits (beam 5) every partial
+        # (beam 1) decodes the audio from the last commit to where it was asked for.
+        runs: list[list[int]] = [[]]
+        for length, beam in zip(recorder.lengths, recorder.beams, strict=True):
+            if beam == PARTIAL_BEAM:
+                runs[-1].append(length)
+            elif runs[-1]:
+                runs.append([])
+        partials[interval] = [run for run in runs if run]
+    assert partials[1.0], "no partial at all"
+    for run in partials[1.0]:
+        assert all(b - a >= 1.0 * RATE for a, b in itertools.pairwise(run)), run
+    # Asked for every 30 s, a request of a few seconds gets none.
+    assert partials[30.0] == []
+
+
+def test_model_setting_is_the_whisper_model_loaded(tmp_path: Path) -> None:
+    own = tmp_path / "my-whisper"
+    own.symlink_to(model_paths(get_settings()).whisper_base, target_is_directory=True)
+    recognizer = SttEngines.load(Settings(stt_model=str(own))).recognizer
+    text = recognizer.transcribe(speech(QUESTION), language="en", beam_size=5, prompt="")
+    assert {"capital", "france"} <= set(_words(text).split()), text
+
+    missing = tmp_path / "no-whisper-here"
+    with pytest.raises(FileNotFoundError, match=rf"VF_STT_MODEL.*{missing}"):
+        SttEngines.load(Settings(stt_model=str(missing)))
+    with pytest.raises(FileNotFoundError, match=rf"VF_STT_MODEL.*{tmp_path}.*model\.bin"):
+        SttEngines.load(Settings(stt_model=str(tmp_path)))  # a directory, but no model in it
+
+
+THREADS_AFTER_A_DECODE = """
+import os
+import numpy as np
+from fleet.settings import get_settings
+from workers.stt.transcriber import SttEngines
+engines = SttEngines.load(get_settings())
+engines.recognizer.transcribe(np.zeros(16000, np.float32), language="en", beam_size=1, prompt="")
+print(len(os.listdir("/proc/self/task")))
+"""
+
+
+def test_cpu_threads_setting_sizes_whisper_s_thread_pool() -> None:
+    # CTranslate2's pool of threads for one decode is as large as the setting (up to the cores
+    # there are: this needs two). A process each, since the pool is per process.
+    counts = {}
+    for threads in (1, 2):
+        done = subprocess.run(
+            [sys.executable, "-c", THREADS_AFTER_A_DECODE],
+            env={**os.environ, "VF_STT_CPU_THREADS": str(threads), "HF_HUB_OFFLINE": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        counts[threads] = int(done.stdout.split()[-1])
+    assert counts[2] > counts[1], counts

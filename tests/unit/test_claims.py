@@ -42,22 +42,9 @@ def close_codes() -> set[int]:
 NO_INPUT_CAUSES_IT = {
     "internal": "an unexpected server error: by design no client input leads to it",
 }
-AWAITING_A_TEST = {
-    # Model and engine knobs whose effect needs a second fleet (or a second model) to observe.
-    "VF_LLM_FIRST_CLAUSE_CHARS",
-    "VF_LLM_TIMEOUT_S",
-    "VF_LOG_LEVEL",
-    "VF_STT_CPU_THREADS",
-    "VF_STT_END_SILENCE_S",
-    "VF_STT_LANGUAGE",
-    "VF_STT_MODEL",
-    "VF_STT_PARTIAL_INTERVAL_S",
-    "VF_STT_VAD_THRESHOLD",
-    "VF_TTS_LANG",
-    "VF_TTS_MODEL",
-    "VF_TTS_SPEED",
-    "VF_TTS_VOICES",
-}
+# Settings that no test names yet: each is a promise without proof, to be taken off as soon as
+# a test shows its effect.
+AWAITING_A_TEST: set[str] = set()
 
 
 def settings_named() -> set[str]:

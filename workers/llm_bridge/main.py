@@ -12,6 +12,7 @@ import structlog
 from fleet import telemetry
 from fleet.contracts import AssistantDelta, TtsRequest, TurnDone, TurnFailed, TurnRequest
 from fleet.errors import ErrorCode
+from fleet.settings import Settings
 from fleet.topology import Route
 from fleet.worker import Runtime, run_worker
 from workers.llm_bridge.chat import ChatError, ChatModel, OpenAICompatibleChat
@@ -104,16 +105,20 @@ class LlmBridge:
         log.info("turn_streamed", sentences=len(spoken), seconds=time.perf_counter() - started)
 
 
+def chat_model(settings: Settings) -> OpenAICompatibleChat:
+    """The chat endpoint the settings name (VF_LLM_URL, _MODEL, _API_KEY, _TIMEOUT_S)."""
+    return OpenAICompatibleChat(
+        base_url=settings.llm_url,
+        model=settings.llm_model,
+        api_key=settings.llm_api_key,
+        timeout=settings.llm_timeout_s,
+    )
+
+
 def run() -> None:
     async def serve(runtime: Runtime) -> None:
         settings = runtime.settings
-        chat = OpenAICompatibleChat(
-            base_url=settings.llm_url,
-            model=settings.llm_model,
-            api_key=settings.llm_api_key,
-            timeout=settings.llm_timeout_s,
-        )
-        bridge = LlmBridge(runtime, chat)
+        bridge = LlmBridge(runtime, chat_model(settings))
         await runtime.serve_jobs(
             Route.LLM_TURNS, TurnRequest, bridge.handle, settings.llm_concurrency
         )

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -80,9 +81,11 @@ class SttEngines:
         from workers.stt.whisper import WhisperRecognizer
 
         paths = model_paths(settings)
+        location = stt_model_location(settings)
+        _check_local_model(location)
         return cls(
             recognizer=WhisperRecognizer(
-                stt_model_location(settings),
+                location,
                 device=settings.stt_device,
                 compute_type=settings.stt_compute_type,
                 cpu_threads=settings.stt_cpu_threads,
@@ -96,6 +99,22 @@ class SttEngines:
     def close(self) -> None:
         self.whisper_executor.shutdown()
         self.model_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _check_local_model(location: str) -> None:
+    """A path must hold a CTranslate2 Whisper model; anything else is a hub id for faster-whisper.
+
+    Without this, a mistyped path reads as a malformed hub id, and a wrong directory fails
+    inside CTranslate2, neither naming the setting.
+    """
+    path = Path(location).expanduser()
+    if not (path.is_absolute() or location.startswith((".", "~"))):
+        return
+    if not (path / "model.bin").is_file():
+        raise FileNotFoundError(
+            f"VF_STT_MODEL: no Whisper model at {path} (no {path / 'model.bin'}); "
+            "empty = the one `voicefleet models` assembles in VF_MODELS_DIR"
+        )
 
 
 def _join(head: str, tail: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -89,6 +90,13 @@ def _pcm16(audio: NDArray[np.float32]) -> bytes:
 
 def from_settings(settings: Settings) -> SpeechSynthesizer:
     model, voices = kokoro_locations(settings)
+    for setting, path in (("VF_TTS_MODEL", model), ("VF_TTS_VOICES", voices)):
+        if not Path(path).is_file():
+            # onnxruntime and numpy would fail on it too, but without saying which setting.
+            raise FileNotFoundError(
+                f"{setting}: no Kokoro file at {path} (empty = the one `voicefleet models` "
+                "assembles in VF_MODELS_DIR)"
+            )
     return KokoroSynthesizer(
         model,
         voices,
