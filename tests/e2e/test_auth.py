@@ -28,7 +28,7 @@ from voicefleet.client import SessionRefused, VoiceClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-JWT_SECRET = "e2e-jwt-secret-" + "x" * 40
+JWT_SECRET = "e2e-jwt-secret-" + "x" * 64
 API_KEY = "e2e-api-key-0123456789"
 ALLOWED_APP = "https://app.example.com"
 
@@ -137,7 +137,7 @@ async def test_a_token_from_the_endpoint_opens_a_session_and_a_turn_works(
             "token_expired",
             "expired",
         ),
-        (jwt.encode(claims(), "another-secret-" + "y" * 40), "unauthorized", "bad signature"),
+        (jwt.encode(claims(), "another-secret-" + "y" * 64), "unauthorized", "bad signature"),
         (jwt.encode(claims(), JWT_SECRET, "HS512"), "unauthorized", "algorithm not accepted"),
         (jwt.encode(claims(), "", "none"), "unauthorized", "algorithm not accepted"),
     ],
