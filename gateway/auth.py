@@ -195,7 +195,7 @@ class Authenticator:
             raise AuthError(
                 ErrorCode.UNAUTHORIZED, f"invalid token: no {exc.claim!r} claim"
             ) from None
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:  # any other refusal, a key error included: never a crash
             reason = next((r for kind, r in _REFUSALS if isinstance(exc, kind)), "invalid")
             raise AuthError(ErrorCode.UNAUTHORIZED, f"invalid token: {reason}") from None
         subject = claims.get("sub")
