@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +23,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from fleet.state import connect_redis
-from tests.fleet_processes import ROOT, Fleet, free_port
+from tests.browser import CHROMIUM_NAMES, Browser, find_chromium, write_wav
+from tests.fleet_processes import ARTIFACTS, ROOT, Fleet, free_port
+from tests.prerequisites import require
+from tests.speech import RATE, silence
 from tests.voice_turns import voice_turn
 from voicefleet.client import SessionRefused, VoiceClient
 
@@ -302,3 +306,34 @@ def test_the_page_says_it_talks_only_to_its_own_origin(fleet: Fleet) -> None:
     assert "<script>" not in page.text and '<script type="module">' not in page.text
     script = httpx.get(f"{fleet.http_url}/static/app.js", trust_env=False).text
     assert "params.get('ws')" not in script and "ws-url" not in page.text
+
+
+async def test_the_page_takes_its_token_from_the_fragment_and_hides_it(
+    signed: Gateway, tmp_path: Path
+) -> None:
+    """The production path (docs/security.md): the app links to the page with ``#token=...``.
+    The page starts a session with it, and the token leaves the address bar; without a token
+    the same page is told ``unauthorized``."""
+    require("browser", None if find_chromium() else f"no Chromium ({', '.join(CHROMIUM_NAMES)})")
+    issued = await request_token(signed, Authorization=f"Bearer {API_KEY}")
+    token = issued.json()["token"]
+    wav = write_wav(tmp_path / "quiet.wav", silence(1.0), RATE)
+    browser = Browser(fake_audio=wav, log_path=ARTIFACTS / "browser" / "chromium-token.log")
+    async with browser:
+        await browser.navigate(f"{signed.http_url}/?autostart=1&new=1#token={token}")
+        await browser.wait_for(
+            "window.voicefleet && voicefleet.state === 'ready' && voicefleet.sessionId", seconds=30
+        )
+        assert token not in await browser.evaluate("location.href")
+        sent = await browser.evaluate_json("voicefleet.sent.startMessages")
+        assert sent[0]["token"] == "***"  # the page's own record masks it
+        await browser.evaluate("voicefleet.stop()")
+        await browser.wait_for("voicefleet.state === 'idle'", seconds=15)
+        await browser.evaluate("sessionStorage.clear()")
+        await browser.navigate(f"{signed.http_url}/?autostart=1&new=1")
+        refused = await browser.wait_for(
+            "voicefleet.errors.length > 0 && voicefleet.closes.length > 0 && "
+            "JSON.stringify([voicefleet.errors[0].code, voicefleet.closes[0].code])",
+            seconds=30,
+        )
+        assert refused == '["unauthorized",1008]'
