@@ -27,3 +27,5 @@ class ErrorCode(StrEnum):
     TTS_FAILED = "tts_failed"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
+    # --- gateway: auth (docs/security.md)
+    TOKEN_EXPIRED = "token_expired"

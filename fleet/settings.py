@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _PROCESS_TOKEN = secrets.token_hex(2)
@@ -72,7 +72,61 @@ class Settings(BaseSettings):
         10.0,
         description="How long a new session waits for an STT worker before the client gets `busy`.",
     )
-    auth_token: str = Field("", description="If set, clients must send this `token` in `start`.")
+
+    # --- gateway: auth (docs/security.md) ---------------------------------------------------
+    auth_token: SecretStr = Field(
+        SecretStr(""),
+        description="A static shared token: if set, clients may send it as `token` in `start` "
+        "(compared in constant time). Prefer signed tokens (VF_AUTH_JWT_SECRET).",
+    )
+    auth_jwt_algorithm: Literal["HS256", "RS256", "ES256"] = Field(
+        "HS256",
+        description="Algorithm of the signed client tokens (JWT): HS256 with "
+        "VF_AUTH_JWT_SECRET, or RS256 / ES256 with VF_AUTH_JWT_PUBLIC_KEY. Tokens signed with "
+        "any other algorithm are refused.",
+    )
+    auth_jwt_secret: SecretStr = Field(
+        SecretStr(""),
+        description="HS256 key (at least 32 bytes) that signs and verifies client tokens; if "
+        "set, clients must send a valid token in `start`.",
+    )
+    auth_jwt_public_key: SecretStr = Field(
+        SecretStr(""),
+        description="RS256 / ES256 public key (PEM text, or the path of a PEM file) that "
+        "verifies client tokens; if set, clients must send a valid token in `start`.",
+    )
+    auth_jwt_private_key: SecretStr = Field(
+        SecretStr(""),
+        description="RS256 / ES256 private key (PEM text or path) with which `POST /v1/tokens` "
+        "signs; empty: with RS256 / ES256 tokens come from your own issuer.",
+    )
+    auth_jwt_issuer: str = Field(
+        "voicefleet", description="`iss` a client token must carry (and issued tokens get)."
+    )
+    auth_jwt_audience: str = Field(
+        "voicefleet-gateway",
+        description="`aud` a client token must carry (and issued tokens get).",
+    )
+    auth_token_ttl_s: int = Field(
+        900,
+        gt=0,
+        description="Lifetime of a token from `POST /v1/tokens` (s); a request may ask for less.",
+    )
+    auth_api_key: SecretStr = Field(
+        SecretStr(""),
+        description="API key (at least 16 characters) of the app server that calls `POST "
+        "/v1/tokens` (`Authorization: Bearer <key>`); empty: the endpoint is off (404).",
+    )
+    allow_anonymous: bool = Field(
+        False,
+        description="Let the gateway listen on a non-loopback address with no client auth "
+        "configured (anyone may connect); without it such a gateway refuses to start.",
+    )
+    allowed_origins: str = Field(
+        "",
+        description="Comma-separated browser origins (`https://app.example.com`) allowed to "
+        "open /ws/audio besides the gateway's own; `*` allows any. Others get HTTP 403.",
+    )
 
     # --- sessions, turns, history -----------------------------------------------------------
     history_turns: int = Field(10, description="Turns of conversation history kept per session.")

@@ -46,6 +46,8 @@ CLOSES_WITH: dict[ErrorCode, CloseCode | None] = {
     ErrorCode.TTS_FAILED: None,
     ErrorCode.UNAVAILABLE: CloseCode.TRY_AGAIN,
     ErrorCode.INTERNAL: CloseCode.INTERNAL,
+    # --- gateway: auth
+    ErrorCode.TOKEN_EXPIRED: CloseCode.POLICY,
 }
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")

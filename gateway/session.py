@@ -38,6 +38,7 @@ from fleet.errors import ErrorCode
 from fleet.settings import Settings
 from fleet.state import secret_hash
 from fleet.topology import BrokerUnavailable
+from gateway.auth import Authenticator, AuthError
 from gateway.history import History
 from gateway.hub import BrokerLost, Hub
 from gateway.protocol import (
@@ -85,10 +86,13 @@ def _taken_over() -> ProtocolError:
 
 
 class ClientConnection:
-    def __init__(self, websocket: WebSocket, hub: Hub, settings: Settings) -> None:
+    def __init__(
+        self, websocket: WebSocket, hub: Hub, settings: Settings, auth: Authenticator
+    ) -> None:
         self.ws = websocket
         self.hub = hub
         self.settings = settings
+        self.auth = auth
         self.stream_id = uuid.uuid4().hex
         self._send_lock = asyncio.Lock()
         self._inbox: asyncio.Queue[Message | BrokerLost] = asyncio.Queue()
@@ -202,8 +206,13 @@ class ClientConnection:
             return received
 
     async def _session_for(self, start: Start) -> _Session:
-        if self.settings.auth_token and start.token != self.settings.auth_token:
-            raise ProtocolError(ErrorCode.UNAUTHORIZED, "missing or wrong token")
+        # Before anything is read or written for the session: a refused client leaves no trace.
+        try:
+            principal = self.auth.authenticate(start.token)
+        except AuthError as refused:
+            raise ProtocolError(refused.code, refused.message) from None
+        if principal.subject is not None:
+            structlog.contextvars.bind_contextvars(subject=principal.subject)
         owned = start.session_id is not None and await self.hub.store.owned_by(
             start.session_id, start.resume_secret
         )

@@ -1,15 +1,20 @@
 // voicefleet browser client. Plain ES module, no dependencies, no build step.
-// Protocol: see docs/protocol.md (WebSocket /ws/audio next to this page).
+// Protocol: see docs/protocol.md. The page talks only to the WebSocket /ws/audio of its own origin
+// (its Content-Security-Policy says so too); there is no way to point it elsewhere.
 //
 // URL parameters (handy for headless tests):
 //   ?autostart=1     start without a click (use --autoplay-policy=no-user-gesture-required)
 //   ?voice=am_adam   preselect a voice          ?lang=en      language sent in start
-//   ?token=...       auth token sent in start   ?ws=ws://...  override the WebSocket URL
 //   ?new=1           ignore a stored session id (start a new conversation)
+// The access token comes in the fragment, #token=... (docs/security.md): the app that fronts the
+// page gets it from POST /v1/tokens and links here with it. A fragment is never sent to a server,
+// so the token stays out of access logs and Referer headers; the page keeps it for this tab only
+// and takes it out of the address bar at once.
 
 const SESSION_KEY = 'voicefleet.sessionId';
 // The secret from `ready` that resumes the session: kept per tab, like the id, and sent only with it.
 const SECRET_KEY = 'voicefleet.resumeSecret';
+const TOKEN_KEY = 'voicefleet.token';
 const CAPTURE_RATE = 16000;
 const FRAME_MS = 100;
 const FRAME_SAMPLES = (CAPTURE_RATE * FRAME_MS) / 1000; // 1600 samples = 3200 bytes
@@ -61,7 +66,7 @@ const turnsByNumber = new Map();
 // DOM
 const ui = {
   start: $('start'), reconnect: $('reconnect'), newSession: $('new-session'), voice: $('voice'),
-  token: $('token'), wsUrl: $('ws-url'), status: $('status'), notice: $('notice'), log: $('log'),
+  token: $('token'), status: $('status'), notice: $('notice'), log: $('log'),
   partial: $('partial'), meter: $('meter-fill'), speaking: $('speaking'), sessionId: $('session-id'),
   stats: $('stats'),
 };
@@ -75,8 +80,13 @@ function defaultWsUrl() {
   return u.href;
 }
 
-ui.wsUrl.value = params.get('ws') || defaultWsUrl();
-if (params.get('token')) ui.token.value = params.get('token');
+const fragment = new URLSearchParams(location.hash.slice(1));
+if (fragment.get('token')) {
+  sessionStorage.setItem(TOKEN_KEY, fragment.get('token'));
+  history.replaceState(null, '', location.pathname + location.search);
+}
+ui.token.value = sessionStorage.getItem(TOKEN_KEY) || '';
+ui.token.addEventListener('change', () => sessionStorage.setItem(TOKEN_KEY, ui.token.value.trim()));
 const voiceParam = params.get('voice');
 if (voiceParam) {
   if (![...ui.voice.options].some((o) => o.value === voiceParam)) {
@@ -462,7 +472,7 @@ function startMessage() {
 }
 
 function connect(gen) {
-  const url = ui.wsUrl.value.trim() || defaultWsUrl();
+  const url = defaultWsUrl();
   vf.wsUrl = url;
   vf.connections++;
   setState('connecting');
@@ -625,7 +635,8 @@ function onServerAudio(buf) {
 }
 
 const ERROR_TEXT = {
-  unauthorized: 'The server requires a valid access token (see Advanced).',
+  unauthorized: 'The server requires a valid access token: open this page from the app that gives you one (or enter one under Advanced).',
+  token_expired: 'Your access token has expired: open this page again from the app that gave it to get a new one.',
   busy: 'The server has no speech-recognition capacity right now. Try again in a moment.',
   session_expired: 'The session reached its maximum length. Press Start for a new conversation.',
   session_taken_over: 'This conversation was resumed elsewhere (another tab or device), so this page let go of it.',

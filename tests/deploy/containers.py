@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from tests.deploy.docker import LABEL, DockerError, container_state, logs, run
 from tests.private_services import free_port
 from tests.speech import likeness, pcm, silence, speech, transcribe_reply, words
@@ -213,10 +215,19 @@ class Turn:
     heard: str
 
 
-async def speak_one_turn(ws_url: str) -> Turn:
-    """Say the question into the gateway as a browser would; hear the spoken reply."""
+async def speak_one_turn(ws_url: str, api_key: str) -> Turn:
+    """Say the question into the gateway as a browser would, with a token the app server got
+    from the gateway's token endpoint; hear the spoken reply."""
+    http_url = ws_url.replace("ws://", "http://").removesuffix("/ws/audio")
+    async with httpx.AsyncClient(trust_env=False) as http:
+        issued = await http.post(
+            f"{http_url}/v1/tokens",
+            json={"subject": "deploy-test"},
+            headers={"Authorization": f"Bearer {api_key}"},
+        )
+    assert issued.status_code == 200, issued.text
     client = VoiceClient(ws_url)
-    await client.connect()
+    await client.connect(token=issued.json()["token"])
     try:
         await client.stream(pcm(silence(0.5), speech(QUESTION), silence(3.0)))
         final = await client.wait_for("transcript", final=True, timeout=120)

@@ -119,7 +119,14 @@ def test_docker_cli_runs_the_compose_plugin(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-SECRETS = ("RABBITMQ_PASSWORD", "REDIS_PASSWORD", "VF_LLM_API_KEY", "GRAFANA_ADMIN_PASSWORD")
+SECRETS = (
+    "RABBITMQ_PASSWORD",
+    "REDIS_PASSWORD",
+    "VF_LLM_API_KEY",
+    "GRAFANA_ADMIN_PASSWORD",
+    "VF_AUTH_JWT_SECRET",
+    "VF_AUTH_API_KEY",
+)
 
 
 @pytest.mark.parametrize("secret", SECRETS)

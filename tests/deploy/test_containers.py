@@ -36,12 +36,18 @@ from voicefleet.namespaces import delete_namespace
 
 pytestmark = [pytest.mark.timeout(3600)]
 
+API_KEY = "test-api-key-0123456789"  # of the app server that asks the gateway for tokens
 VHOST = "voicefleet"  # the vhost the manifests' and compose's broker URLs name
 CPU_OVERLAY = "cpu-box"
 # Test values of the Secrets docs/deploy.md tells an operator to create. The shared Redis has no
 # password; the shared broker's guest user stands for each role's user.
 SECRETS = {
-    "voicefleet-secrets": {"redis-password": "", "llm-api-key": "test-key", "auth-token": ""},
+    "voicefleet-secrets": {
+        "redis-password": "",
+        "llm-api-key": "test-key",
+        "auth-jwt-secret": "test-jwt-secret-of-at-least-32-bytes",
+        "auth-api-key": API_KEY,
+    },
     **{
         f"voicefleet-rabbitmq-{role}": {"username": "guest", "password": "guest"}
         for role in ("gateway", "stt", "llm", "tts", "keda")
@@ -201,6 +207,8 @@ async def test_compose_cpu_profile_comes_up_answers_a_turn_and_leaves_nothing(
         "REDIS_PASSWORD": "unused",
         "VF_LLM_API_KEY": "test-key",
         "GRAFANA_ADMIN_PASSWORD": "unused",
+        "VF_AUTH_JWT_SECRET": "test-jwt-secret-of-at-least-32-bytes",
+        "VF_AUTH_API_KEY": API_KEY,
     }
     compose = [compose_binary(), "-p", project, "-f", str(COMPOSE_FILE), "-f", str(override)]
     compose += ["--profile", "cpu"]
@@ -212,7 +220,7 @@ async def test_compose_cpu_profile_comes_up_answers_a_turn_and_leaves_nothing(
         print(f"\ncompose up to healthy in {time.monotonic() - started:.0f} s")
         running = run(*compose, "ps", "--services", env=env).stdout.split()
         assert sorted(running) == sorted(COMPOSE_SERVICES)
-        turn = await speak_one_turn(f"ws://127.0.0.1:{ports['gateway']}/ws/audio")
+        turn = await speak_one_turn(f"ws://127.0.0.1:{ports['gateway']}/ws/audio", API_KEY)
         print(f"compose turn: {turn}")
     finally:
         await asyncio.to_thread(run, *compose, "down", "-v", "--remove-orphans", env=env)

@@ -180,6 +180,28 @@ def test_secrets_are_references_and_documented(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_cannot_start_without_client_auth(overlay: str) -> None:
+    """VF_AUTH_JWT_SECRET and VF_AUTH_API_KEY come from required Secret keys (docs/security.md);
+    the gateway listens on every interface, where it refuses to start without auth anyway."""
+    gateway = container(by_kind(built(overlay), "Deployment")["voicefleet-gateway"])
+    refs = {
+        item["name"]: item["valueFrom"]["secretKeyRef"]
+        for item in gateway["env"]
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
+    guide = (REPO / "docs" / "deploy.md").read_text()
+    for setting, key in (
+        ("VF_AUTH_JWT_SECRET", "auth-jwt-secret"),
+        ("VF_AUTH_API_KEY", "auth-api-key"),
+    ):
+        assert refs[setting]["name"] == "voicefleet-secrets"
+        assert refs[setting]["key"] == key
+        assert not refs[setting].get("optional", False), setting
+        assert f"--from-literal={key}=" in guide, key
+    assert "VF_ALLOW_ANONYMOUS" not in repr(built(overlay))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_rabbitmq_persists_with_a_user_per_role(overlay: str) -> None:
     docs = built(overlay)
     (cluster,) = by_kind(docs, "RabbitmqCluster").values()

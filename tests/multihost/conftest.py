@@ -220,6 +220,8 @@ def multihost() -> Iterator[MultiHostFleet]:
         gateway_env = {
             **env,
             "VF_GATEWAY_HOST": "0.0.0.0",
+            # The lab's network namespaces reach nothing but each other: no client auth here.
+            "VF_ALLOW_ANONYMOUS": "true",
             "VF_GATEWAY_PORT": str(GATEWAY_PORT),
             "VF_WORKER_ID": "gateway-broker",
         }
