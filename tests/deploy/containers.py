@@ -3,7 +3,8 @@
 What a kubelet would do, with ``docker run``: the container's args (and command, if any), its
 environment from ``env`` (``$(VAR)`` expanded, Secrets and ConfigMaps resolved) and ``envFrom``,
 the user, group and fsGroup, a read-only root, dropped capabilities, no privilege escalation,
-the memory limit, and only the declared writable mounts (emptyDirs as tmpfs). Then its
+the memory limit, and only the declared writable mounts (emptyDirs as tmpfs that, like an
+emptyDir, allow executables: Docker mounts a tmpfs noexec by default). Then its
 readiness probe, polled as the kubelet polls it.
 
 What differs, and why: a pod has a network namespace of its own, but here every container shares
@@ -160,8 +161,12 @@ class Cluster:
             volume = volumes[mount["name"]]
             if "emptyDir" not in volume:
                 raise DockerError(f"{workload_name}: only emptyDir volumes run here: {volume}")
+            # An emptyDir allows executables; Docker's --tmpfs is noexec unless told otherwise.
+            options = ["exec"]
             size = volume["emptyDir"].get("sizeLimit", "").replace("Gi", "g").replace("Mi", "m")
-            argv += ["--tmpfs", f"{mount['mountPath']}" + (f":size={size}" if size else "")]
+            if size:
+                options.append(f"size={size}")
+            argv += ["--tmpfs", f"{mount['mountPath']}:{','.join(options)}"]
         for key, value in self.environment(workload_name, container, moved).items():
             argv += ["-e", f"{key}={value}"]
         if container.get("command"):

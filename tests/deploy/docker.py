@@ -24,8 +24,12 @@ import subprocess
 import sys
 import time
 import tomllib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from fleet.settings import Settings
 
@@ -39,6 +43,8 @@ CPU_IMAGE = "voicefleet:0.1.0-cpu"
 CONTEXT = REPO / "deploy" / "context"
 LABEL = "io.voicefleet.test"
 DOCKERD_START_S = 60.0
+# Part of the wheel folder's stamp: raise it when the way the wheels are gathered changes.
+WHEELS_RECIPE = 2
 
 
 class DockerError(AssertionError):
@@ -136,24 +142,56 @@ def _requirements() -> list[str]:
     return [*project["dependencies"], *project["optional-dependencies"]["llm-server"]]
 
 
+def image_only_requirements(wheels: Path, python_version: str) -> list[str]:
+    """Requirements of the wheels in `wheels` that hold on `python_version` but not on the
+    host's Python, and that no wheel there provides yet."""
+    present = {canonicalize_name(path.name.split("-")[0]) for path in wheels.glob("*.whl")}
+    target = {
+        "python_full_version": python_version,
+        "python_version": ".".join(python_version.split(".")[:2]),
+        "extra": "",
+    }
+    needed = []
+    for path in sorted(wheels.glob("*.whl")):
+        with zipfile.ZipFile(path) as wheel:
+            metadata = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+            lines = wheel.read(metadata).decode().splitlines()
+        for line in lines:
+            if not line.startswith("Requires-Dist:"):
+                continue
+            requirement = Requirement(line.partition(":")[2].strip())
+            marker = requirement.marker
+            if marker is None or canonicalize_name(requirement.name) in present:
+                continue
+            if marker.evaluate(target) and not marker.evaluate({"extra": ""}):
+                needed.append(str(requirement).split(";")[0].strip())
+    return sorted(set(needed))
+
+
 def prepare_context(base_image: str) -> None:
     """Wheels of every dependency and the assembled models, into deploy/context (git-ignored)."""
     wheels = DOCKER_CACHE / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     stamp = wheels / ".pyproject.sha"
-    wanted = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+    recipe = (REPO / "pyproject.toml").read_bytes() + f"\nrecipe {WHEELS_RECIPE}".encode()
+    wanted = hashlib.sha256(recipe).hexdigest()
     if not stamp.is_file() or stamp.read_text() != wanted:
         pip = [sys.executable, "-m", "pip"]
         links = ["--find-links", str(_llama_wheels()), "--find-links", str(wheels)]
         run(*pip, "wheel", "-q", *links, "-w", str(wheels), f"{REPO}[llm-server]")
+        run(*pip, "download", "-q", "--only-binary=:all:", *links,
+            "-d", str(wheels), *_requirements(), "setuptools>=69")  # fmt: skip
         # The image's Python may need wheels the host's does not (environment markers such as
-        # python_full_version < "3.11.3" for Debian's 3.11.2): resolve again for it.
+        # python_full_version < "3.11.3" for Debian's 3.11.2). `pip download --python-version`
+        # does not evaluate markers for the target, so they are evaluated here.
         version = run(
             "docker", "run", "--rm", "--network", "host", base_image,
             "python", "-c", "import platform; print(platform.python_version())",
         ).stdout.strip()  # fmt: skip
-        run(*pip, "download", "-q", "--only-binary=:all:", "--python-version", version, *links,
-            "-d", str(wheels), *_requirements(), "setuptools>=69")  # fmt: skip
+        extra = image_only_requirements(wheels, version)
+        if extra:
+            run(*pip, "download", "-q", "--only-binary=:all:", *links, "-d", str(wheels),
+                *extra)  # fmt: skip
         # The image installs voicefleet from its source, not from a wheel of this checkout.
         for own in wheels.glob("voicefleet-*.whl"):
             own.unlink()

@@ -72,6 +72,35 @@ class TtsWorker:
             turns.release(request.session_id, superseded)
 
 
+# Spoken once at start, before the worker takes jobs.
+WARM_UP_TEXT = "Hello."
+
+
+async def warm_up(synthesizer: SpeechSynthesizer, voice: str) -> None:
+    """Synthesize one short sentence, so that ready means able to speak.
+
+    Some of what synthesis needs loads only on first use: Kokoro's phonemizer loads espeak-ng
+    from a copy it writes to the temporary directory, which fails where that directory does not
+    allow executables (a tmpfs mounted noexec, as Docker's --tmpfs is by default). Failing here
+    keeps the worker from ever reporting ready, instead of taking every sentence and failing it.
+    Raises SystemExit(1) after logging `tts_warm_up_failed`.
+    """
+    started = time.perf_counter()
+    try:
+        async for _ in synthesizer.stream(WARM_UP_TEXT, voice):
+            pass
+    except Exception as exc:
+        log.error(
+            "tts_warm_up_failed",
+            provider=synthesizer.name,
+            error=f"{type(exc).__name__}: {exc}",
+            hint="the temporary directory (TMPDIR, else /tmp) must be writable and allow "
+            "executables; the default voice (VF_TTS_VOICE) must exist",
+        )
+        raise SystemExit(1) from exc
+    log.info("tts_warmed_up", seconds=round(time.perf_counter() - started, 3))
+
+
 def run() -> None:
     async def serve(runtime: Runtime) -> None:
         synthesizer = await asyncio.to_thread(create_synthesizer, runtime.settings)
@@ -81,6 +110,7 @@ def run() -> None:
             version=synthesizer.version,
             sample_rate=synthesizer.sample_rate,
         )
+        await warm_up(synthesizer, runtime.settings.tts_voice)
         worker = TtsWorker(runtime, synthesizer)
         await runtime.serve_jobs(
             Route.TTS_JOBS, TtsRequest, worker.handle, runtime.settings.tts_concurrency
