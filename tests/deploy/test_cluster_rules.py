@@ -149,6 +149,10 @@ def check_names(docs: tuple[dict[str, Any], ...]) -> None:
     assert re.fullmatch(policy["spec"]["pattern"], names.stt_sessions)
     for job_queue in (names.llm_turns, names.tts_jobs, Names("elsewhere").stt_sessions):
         assert not re.fullmatch(policy["spec"]["pattern"], job_queue)
+    # Each role's Redis user follows fleet.state's key prefix for the namespace.
+    (acl,) = (d for d in docs if d["metadata"]["name"].startswith("voicefleet-redis-acl"))
+    for role in deploy_names.ROLES:
+        assert acl["data"][role] == deploy_names.redis_acl_rules(names.namespace, role), role
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -32,6 +32,7 @@ from tests.deploy.docker import CPU_IMAGE, Build, build_cpu_image, remove_labell
 from tests.deploy.manifests import K8S, kustomize_build
 from tests.deploy.test_compose import COMPOSE_FILE, compose_binary
 from tests.private_services import free_port
+from voicefleet.deploy_names import ROLES
 from voicefleet.namespaces import delete_namespace
 
 pytestmark = [pytest.mark.timeout(3600)]
@@ -41,7 +42,9 @@ CPU_OVERLAY = "cpu-box"
 # Test values of the Secrets docs/deploy.md tells an operator to create. The shared Redis has no
 # password; the shared broker's guest user stands for each role's user.
 SECRETS = {
-    "voicefleet-secrets": {"redis-password": "", "llm-api-key": "test-key", "auth-token": ""},
+    "voicefleet-secrets": {"llm-api-key": "test-key", "auth-token": ""},
+    # No user and no password: the shared Redis's default user.
+    **{f"voicefleet-redis-{role}": {"username": "", "password": ""} for role in ROLES},
     **{
         f"voicefleet-rabbitmq-{role}": {"username": "guest", "password": "guest"}
         for role in ("gateway", "stt", "llm", "tts", "keda")
