@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import subprocess
 import uuid
@@ -26,7 +27,9 @@ from redis.exceptions import AuthenticationError, NoPermissionError, ResponseErr
 
 from fleet.settings import Settings
 from fleet.state import Exchange, SessionStore, TurnWatch, connect_redis, key_prefix, secret_hash
+from tests.deploy.manifests import OVERLAYS
 from tests.deploy.test_cluster_rules import render_with
+from tests.deploy.test_compose import rendered
 from tests.deploy.test_manifests import built
 from tests.private_services import PrivateRedis, private_redis
 from voicefleet import deploy_names
@@ -253,3 +256,34 @@ async def test_each_role_is_refused_everything_else(
 
 def other_namespace(acl_redis: AclRedis) -> str:
     return "" if acl_redis.namespace else "acme"
+
+
+# --- no password on a command line ----------------------------------------------------------------
+def passes_a_secret(argument: str) -> bool:
+    """Whether a command-line argument carries a password or its variable (a probe's `$(cat
+    FILE)` into an environment variable is not one)."""
+    return bool(re.search(r"requirepass|--pass\b|\$\(?\w*PASSWORD", argument))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_container_gets_a_password_on_its_command_line(overlay: str) -> None:
+    for doc in built(overlay):
+        if doc["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        for spec in [*pod.get("initContainers", []), *pod["containers"]]:
+            probes = [spec.get(p, {}).get("exec", {}) for p in ("readinessProbe", "livenessProbe")]
+            arguments = [*spec.get("command", []), *spec.get("args", [])]
+            arguments += [a for probe in probes for a in probe.get("command", [])]
+            for argument in arguments:
+                assert not passes_a_secret(str(argument)), (doc["metadata"]["name"], argument)
+
+
+def test_compose_redis_gets_its_password_in_a_file_not_its_arguments() -> None:
+    redis_service = rendered(("cpu",))["services"]["redis"]
+    script = redis_service["command"][-1]
+    server = script[script.index("exec redis-server") :]
+    assert not passes_a_secret(server), server
+    assert re.search(r"printf 'requirepass %s\\n' \"\$\$REDIS_PASSWORD\" > (\S+)", script)
+    healthcheck = " ".join(redis_service["healthcheck"]["test"])
+    assert "redis-cli" in healthcheck and "REDISCLI_AUTH=" in healthcheck
