@@ -249,15 +249,17 @@ def running_fleet(
     gateways: int = 1,
     tap_chat: bool = False,
     role_env: Mapping[str, Mapping[str, str]] | None = None,
+    namespace: str = "",
     **overrides: str,
 ) -> Iterator[Fleet]:
     """A whole fleet; the chat server is started too unless VF_LLM_URL points at one.
 
     ``tap_chat`` puts a :class:`Relay` between the LLM bridges and the chat server.
-    ``role_env`` gives the processes of a role ("gateway", "stt", "llm", "tts") more env.
+    ``role_env`` gives the processes of a role ("gateway", "stt", "llm", "tts") more env;
+    ``namespace`` is a fresh one unless given.
     """
     role_env = role_env or {}
-    namespace = f"t{uuid.uuid4().hex[:10]}"
+    namespace = namespace or f"t{uuid.uuid4().hex[:10]}"
     gateway_ports = [free_port() for _ in range(gateways)]
     external_llm = os.environ.get("VF_LLM_URL")
     llm_port = free_port()

@@ -1,7 +1,8 @@
 """A whole fleet on a Redis with the manifests' ACL users, each process as its role's user
 (issue 10, item 8; docs/security.md, "Redis: one user per role").
 
-The one-box overlay's rendered rules and init script make the ACL file; a private redis-server
+The one-box overlay, moved to the fleet's namespace by voicefleet/deploy_names.py's component:
+its rendered rules and init script make the ACL file; a private redis-server
 loads it. The gateway, STT worker, LLM bridge and TTS worker each connect as their own user, and
 two spoken turns (the second one reads the history the first wrote) are answered with nothing
 refused: Redis's ACL log stays empty.
@@ -9,19 +10,22 @@ refused: Redis's ACL log stays empty.
 
 from __future__ import annotations
 
+import json
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
 
-from tests.deploy.test_manifests import built
+from tests.deploy.test_cluster_rules import render_with
 from tests.deploy.test_redis_acl import compose_acl_file, rendered_acl_configmap
 from tests.fleet_processes import Fleet, running_fleet
 from tests.private_services import private_redis
 from tests.speech import spoken_words
 from tests.voice_turns import QUESTION, SECOND_QUESTION, voice_turn
+from voicefleet import deploy_names
 from voicefleet.client import VoiceClient
 from voicefleet.deploy_names import ROLES
 
@@ -30,8 +34,18 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 @pytest.fixture(scope="module")
 def acl_fleet() -> Iterator[tuple[Fleet, str]]:
-    with tempfile.TemporaryDirectory(prefix="vf-acl-") as base:
-        acl_file, passwords = compose_acl_file(rendered_acl_configmap(built("one-box")), Path(base))
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    with tempfile.TemporaryDirectory(prefix="vf-acl-") as tmp:
+        # The overlay moved to the fleet's namespace, as docs/deploy.md tells an operator to.
+        base = Path(tmp)
+        component = base / "ns"
+        component.mkdir()
+        (component / "kustomization.yaml").write_text(
+            json.dumps(deploy_names.namespace_component(namespace))
+        )
+        (base / "render").mkdir()
+        docs = render_with(base / "render", "one-box", component)
+        acl_file, passwords = compose_acl_file(rendered_acl_configmap(docs), base)
         with private_redis("--aclfile", str(acl_file)) as server:
 
             def url(user: str) -> str:
@@ -40,7 +54,11 @@ def acl_fleet() -> Iterator[tuple[Fleet, str]]:
             # The fleet's own cleanup runs as admin; each role's processes as their user.
             role_env = {role: {"VF_REDIS_URL": url(f"vf-{role}")} for role in ROLES}
             with running_fleet(
-                "redis-roles", tap_chat=True, redis_url=url("admin"), role_env=role_env
+                "redis-roles",
+                tap_chat=True,
+                namespace=namespace,
+                redis_url=url("admin"),
+                role_env=role_env,
             ) as fleet:
                 yield fleet, url("admin")
 
