@@ -164,6 +164,7 @@ def compose_override(ports: dict[str, int]) -> str:
 {fleet}{no_deps}    environment:
       VF_REDIS_URL: redis://redis:6379/0
       VF_GATEWAY_PORT: "{ports["gateway"]}"
+      VF_METRICS_PORT: "{ports["gateway:metrics"]}"
     healthcheck:
       test: ["CMD", "python", "-c", "import urllib.request as u; {gateway_check}"]
   llm-server:
@@ -187,7 +188,7 @@ def compose_leftovers(project: str) -> list[str]:
 async def test_compose_cpu_profile_comes_up_answers_a_turn_and_leaves_nothing(
     image: Build, namespace: str, tmp_path: Path
 ) -> None:
-    ports = {"gateway": free_port(), "llm-server": free_port()}
+    ports = {"gateway": free_port(), "gateway:metrics": free_port(), "llm-server": free_port()}
     for name in ("stt-cpu", "llm-cpu", "tts-cpu"):
         ports[f"{name}:metrics"] = free_port()
         ports[f"{name}:health"] = free_port()
