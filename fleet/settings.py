@@ -46,8 +46,10 @@ class Settings(BaseSettings):
     log_json: bool = Field(True, description="JSON log lines (false: human-readable console).")
     metrics_port: int = Field(
         0,
-        description="Port of a worker's Prometheus /metrics endpoint; 0 disables it. "
-        "`voicefleet up` numbers its workers' ports from here (default 9101).",
+        description="Port of a process's Prometheus /metrics endpoint; 0 disables it (the gateway "
+        "then serves /metrics on its HTTP port, for local runs). The manifests and compose set "
+        "9100, which only the monitoring namespace reaches. `voicefleet up` numbers its "
+        "workers' ports from here (default 9101).",
     )
     health_port: int = Field(
         0,
@@ -71,6 +73,11 @@ class Settings(BaseSettings):
     assign_timeout_s: float = Field(
         10.0,
         description="How long a new session waits for an STT worker before the client gets `busy`.",
+    )
+    gateway_docs: bool = Field(
+        False,
+        description="Serve the gateway's OpenAPI pages (/docs, /redoc, /openapi.json); off by "
+        "default, since they describe the service to anyone who can reach it.",
     )
 
     # --- gateway: auth (docs/security.md) ---------------------------------------------------

@@ -37,6 +37,10 @@ def connect_redis(settings: Settings) -> redis.Redis:
     # Redis is down, commands fail within about a second (refused, or the connect timeout).
     pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        # No CLIENT SETINFO on connect: the per-role Redis users may run only what their role
+        # needs (docs/security.md, "Deployment").
+        lib_name=None,
+        lib_version=None,
         max_connections=64,
         timeout=10,
         decode_responses=True,
@@ -45,6 +49,11 @@ def connect_redis(settings: Settings) -> redis.Redis:
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     return redis.Redis(connection_pool=pool)
+
+
+def key_prefix(namespace: str) -> str:
+    """What every Redis key and channel of a fleet starts with (then ``:``)."""
+    return f"{namespace}:vf" if namespace else "vf"
 
 
 def secret_hash(secret: str) -> str:
@@ -65,8 +74,7 @@ class SessionStore:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
-        ns = settings.namespace
-        self._prefix = f"{ns}:vf" if ns else "vf"
+        self._prefix = key_prefix(settings.namespace)
 
     def _key(self, session_id: str, part: str) -> str:
         return f"{self._prefix}:session:{session_id}:{part}"

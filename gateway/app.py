@@ -58,7 +58,15 @@ def create_app(settings: Settings, gateway_id: str) -> FastAPI:
         finally:
             await hub.stop()
 
-    app = FastAPI(title="voicefleet gateway", lifespan=lifespan)
+    # The OpenAPI pages only when asked for (VF_GATEWAY_DOCS): they map the service for anyone.
+    docs = settings.gateway_docs
+    app = FastAPI(
+        title="voicefleet gateway",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -79,9 +87,12 @@ def create_app(settings: Settings, gateway_id: str) -> FastAPI:
             status_code=200 if ready else 503,
         )
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    if not settings.metrics_port:
+        # Local runs only: with VF_METRICS_PORT set (the manifests, compose) metrics are served
+        # on that port alone, which the network policy opens to the monitoring namespace only.
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/tokens")
     async def issue_token(request: Request) -> JSONResponse:
@@ -144,6 +155,7 @@ def run() -> None:
         log.error("gateway_refused_to_start", reason=problem)
         print(f"voicefleet gateway: {problem}", file=sys.stderr)
         raise SystemExit(2)
+    telemetry.serve_metrics(settings)
     # uvicorn shuts down gracefully on SIGTERM (clients get close 1012 and can reconnect to
     # another gateway), then re-raises the signal into the handler it found: exit 0, drained.
     signal.signal(signal.SIGTERM, _exit_drained)

@@ -248,13 +248,18 @@ def running_fleet(
     tts: int = 1,
     gateways: int = 1,
     tap_chat: bool = False,
+    role_env: Mapping[str, Mapping[str, str]] | None = None,
+    namespace: str = "",
     **overrides: str,
 ) -> Iterator[Fleet]:
     """A whole fleet; the chat server is started too unless VF_LLM_URL points at one.
 
     ``tap_chat`` puts a :class:`Relay` between the LLM bridges and the chat server.
+    ``role_env`` gives the processes of a role ("gateway", "stt", "llm", "tts") more env;
+    ``namespace`` is a fresh one unless given.
     """
-    namespace = f"t{uuid.uuid4().hex[:10]}"
+    role_env = role_env or {}
+    namespace = namespace or f"t{uuid.uuid4().hex[:10]}"
     gateway_ports = [free_port() for _ in range(gateways)]
     external_llm = os.environ.get("VF_LLM_URL")
     llm_port = free_port()
@@ -286,13 +291,20 @@ def running_fleet(
             fleet.add("llm-server", "llm-server", "--port", str(llm_port))
         for kind, replicas in (("stt", stt), ("llm", llm), ("tts", tts)):
             for index in range(1, replicas + 1):
-                fleet.add(f"{kind}-{index}", "worker", kind, VF_WORKER_ID=f"{kind}-{index}")
+                fleet.add(
+                    f"{kind}-{index}",
+                    "worker",
+                    kind,
+                    VF_WORKER_ID=f"{kind}-{index}",
+                    **role_env.get(kind, {}),
+                )
         for index, port in enumerate(gateway_ports, start=1):
             fleet.add(
                 f"gateway-{index}",
                 "gateway",
                 VF_WORKER_ID=f"gateway-{index}",
                 VF_GATEWAY_PORT=str(port),
+                **role_env.get("gateway", {}),
             )
         wait_until_serving(fleet)
         yield fleet

@@ -3,8 +3,8 @@
 A missing RabbitMQ server, ``ip`` or Chromium must never turn a red suite green by skipping it.
 ``scripts/bootstrap.sh --with-test-tools`` (run by ``scripts/test.sh``) installs all of them; a
 machine that truly cannot run one (no root for network namespaces, say) names it in
-``VF_TEST_OPT_OUT`` (comma-separated: ``chaos``, ``multihost``, ``browser``), and only then are its
-tests skipped, with the reason.
+``VF_TEST_OPT_OUT`` (comma-separated: ``chaos``, ``multihost``, ``browser``, ``tls`` (a private
+RabbitMQ with TLS)), and only then are its tests skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import pytest
 
 OPT_OUT = "VF_TEST_OPT_OUT"
-SUITES = ("chaos", "multihost", "browser")
+SUITES = ("chaos", "multihost", "browser", "tls")
 
 
 def opted_out(suite: str) -> bool:

@@ -173,6 +173,8 @@ class PrivateRedis:
     base: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    # More redis-server arguments (an ACL file, a TLS port); ``port`` is then still plain TCP.
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -193,6 +195,7 @@ class PrivateRedis:
                     "no",
                     "--dir",
                     str(self.base),
+                    *self.extra_args,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -241,5 +244,6 @@ def private_rabbitmq() -> contextlib.AbstractContextManager[PrivateRabbitMQ]:
     return _running(PrivateRabbitMQ, "vf-rabbit-")
 
 
-def private_redis() -> contextlib.AbstractContextManager[PrivateRedis]:
-    return _running(PrivateRedis, "vf-redis-")
+def private_redis(*extra_args: str) -> contextlib.AbstractContextManager[PrivateRedis]:
+    """A private Redis; ``extra_args`` go to redis-server (an ACL file, TLS options)."""
+    return _running(lambda base: PrivateRedis(base, extra_args=extra_args), "vf-redis-")

@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="bind address (0.0.0.0 to serve other hosts)"
     )
 
+    commands.add_parser(
+        "audit", help="audit the installed dependencies for known vulnerabilities (pip-audit)"
+    )
+
     up = commands.add_parser("up", help="run the whole fleet locally until Ctrl-C")
     up.add_argument("--stt", type=int, default=1, help="STT worker replicas")
     up.add_argument("--llm", type=int, default=1, help="LLM bridge replicas")
@@ -61,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _load("voicefleet.models:main")(check_only=args.check)
     elif args.command == "llm-server":
         _load("voicefleet.llm_server:main")(port=args.port, host=args.host)
+    elif args.command == "audit":
+        _load("voicefleet.audit:main")()
     elif args.command == "up":
         _load("voicefleet.runner:main")(
             stt=args.stt, llm=args.llm, tts=args.tts, gateways=args.gateways

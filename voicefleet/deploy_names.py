@@ -1,10 +1,11 @@
-"""The broker names the deployment manifests carry, derived from the fleet's own naming.
+"""The broker and Redis names the deployment manifests carry, derived from the fleet's own naming.
 
-KEDA scales on queue names, RabbitMQ grants rights by name patterns, and the session lease's
-consumer-timeout policy matches a queue name: all three must follow ``fleet.topology.Names``,
-including its ``VF_NAMESPACE`` prefix. ``k8s/base`` holds them for an empty namespace (the
-deployment tests compare the two). For a fleet with a namespace, this prints a kustomize
-Component that sets ``VF_NAMESPACE`` and renames every one of them:
+KEDA scales on queue names, RabbitMQ grants rights by name patterns, the session lease's
+consumer-timeout policy matches a queue name, and each role's Redis user may touch only its keys
+(key patterns from ``fleet.state``): all of them must follow ``fleet.topology.Names`` and
+``fleet.state.key_prefix``, including the ``VF_NAMESPACE`` prefix. ``k8s/base`` holds them for an
+empty namespace (the deployment tests compare the two). For a fleet with a namespace, this prints
+a kustomize Component that sets ``VF_NAMESPACE`` and renames every one of them:
 
     mkdir -p k8s/components/ns-acme
     python -m voicefleet.deploy_names acme > k8s/components/ns-acme/kustomization.yaml
@@ -21,6 +22,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from fleet.state import key_prefix
 from fleet.topology import Names
 
 # Autoscaled roles and the work queue whose length says how busy they are.
@@ -66,6 +68,73 @@ def permission_patterns(names: Names, role: str) -> dict[str, str]:
     }
 
 
+# What each role runs on Redis (fleet/state.py: SessionStore, TurnWatch; fleet/health.py's PING),
+# and nothing else. Sessions belong to the gateway; the workers read the parts they need, count
+# their job deliveries and listen for turn changes.
+REDIS_COMMANDS: dict[str, tuple[str, ...]] = {
+    "gateway": (
+        "ping",
+        "exists",
+        "get",
+        "incrby",
+        "hget",
+        "hset",
+        "hsetnx",
+        "hdel",
+        "rpush",
+        "rpop",
+        "ltrim",
+        "lrange",
+        "expire",
+        "del",
+        "eval",
+        "evalsha",
+        "multi",
+        "exec",
+        "discard",
+        "publish",
+    ),
+    "stt": ("ping", "exists", "hget", "incrby", "expire", "multi", "exec", "discard"),
+    "llm": ("ping", "get", "lrange", "incrby", "expire", "multi", "exec", "discard"),
+    "tts": ("ping", "get", "incrby", "expire", "multi", "exec", "discard"),
+}
+# Key patterns per role, ``{p}`` standing for the fleet's key prefix. ``%R~``: read only.
+REDIS_KEYS: dict[str, tuple[str, ...]] = {
+    "gateway": ("~{p}:session:*",),
+    "stt": ("%R~{p}:session:*:info", "~{p}:deliveries:*"),
+    "llm": ("%R~{p}:session:*:turn", "%R~{p}:session:*:history", "~{p}:deliveries:*"),
+    "tts": ("%R~{p}:session:*:turn", "~{p}:deliveries:*"),
+}
+REDIS_ACL_CONFIGMAP = "voicefleet-redis-acl"
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
+def redis_acl_rules(namespace: str, role: str) -> str:
+    """The Redis ACL rules of ``role``'s user (without its name and password): its keys, the
+    turn-notice channel, and its commands (workers subscribe to the channel, the gateway
+    publishes on it)."""
+    if any(c.isspace() for c in namespace):
+        raise ValueError(f"a namespace without spaces, not {namespace!r}")
+    prefix = _glob_escape(key_prefix(namespace))
+    keys = [pattern.format(p=prefix) for pattern in REDIS_KEYS[role]]
+    commands = list(REDIS_COMMANDS[role])
+    if role != "gateway":
+        commands += ["subscribe", "unsubscribe"]
+    return " ".join(
+        [
+            "resetkeys",
+            "resetchannels",
+            "-@all",
+            *keys,
+            f"&{prefix}:turns",
+            *(f"+{command}" for command in commands),
+        ]
+    )
+
+
 def lease_policy_pattern(names: Names) -> str:
     """The policy giving the session lease queue, and only it, its long consumer timeout."""
     return f"^{re.escape(names.stt_sessions)}$"
@@ -106,7 +175,12 @@ def namespace_component(namespace: str) -> dict[str, Any]:
                 "name": "voicefleet-config",
                 "behavior": "merge",
                 "literals": [f"VF_NAMESPACE={namespace}"],
-            }
+            },
+            {
+                "name": REDIS_ACL_CONFIGMAP,
+                "behavior": "merge",
+                "literals": [f"{role}={redis_acl_rules(namespace, role)}" for role in ROLES],
+            },
         ],
         "patches": patches,
     }

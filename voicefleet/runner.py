@@ -109,7 +109,12 @@ def plan(settings: Settings, stt: int, llm: int, tts: int, gateways: int) -> lis
         ChildSpec(
             f"gateway-{i}",
             ("gateway",),
-            {"VF_GATEWAY_PORT": str(settings.gateway_port + i - 1), "VF_WORKER_ID": f"gateway-{i}"},
+            # Metrics on the gateway's own HTTP port here; VF_METRICS_PORT numbers the workers'.
+            {
+                "VF_GATEWAY_PORT": str(settings.gateway_port + i - 1),
+                "VF_WORKER_ID": f"gateway-{i}",
+                "VF_METRICS_PORT": "0",
+            },
             is_gateway=True,
         )
         for i in range(1, gateways + 1)

@@ -149,6 +149,10 @@ def check_names(docs: tuple[dict[str, Any], ...]) -> None:
     assert re.fullmatch(policy["spec"]["pattern"], names.stt_sessions)
     for job_queue in (names.llm_turns, names.tts_jobs, Names("elsewhere").stt_sessions):
         assert not re.fullmatch(policy["spec"]["pattern"], job_queue)
+    # Each role's Redis user follows fleet.state's key prefix for the namespace.
+    (acl,) = (d for d in docs if d["metadata"]["name"].startswith("voicefleet-redis-acl"))
+    for role in deploy_names.ROLES:
+        assert acl["data"][role] == deploy_names.redis_acl_rules(names.namespace, role), role
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -266,3 +270,51 @@ def test_compose_tls_profile_terminates_tls_in_front_of_the_gateway() -> None:
     assert "tls-proxy" not in rendered(("cpu",))["services"]
     (caddyfile,) = [v["source"] for v in proxy["volumes"] if v["target"] == "/etc/caddy/Caddyfile"]
     assert re.search(r"^\s*reverse_proxy gateway:8000$", Path(caddyfile).read_text(), re.M)
+
+
+# --- every workload hardened ----------------------------------------------------------------------
+def pod_containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    pod = workload["spec"]["template"]["spec"]
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_runs_unprivileged_on_a_read_only_root(overlay: str) -> None:
+    """Not root, no privilege escalation, no capabilities, the runtime's seccomp profile and a
+    read-only root filesystem, for every container of every workload (vLLM and Redis included);
+    what a process writes goes to a declared volume."""
+    found = workloads(built(overlay))
+    assert {"voicefleet-gateway", "voicefleet-redis"} <= set(found)
+    for name, workload in found.items():
+        pod = workload["spec"]["template"]["spec"]
+        for spec in pod_containers(workload):
+            where = (name, spec["name"])
+            # A container's own setting wins over the pod's.
+            effective = {**pod.get("securityContext", {}), **spec.get("securityContext", {})}
+            own = spec.get("securityContext", {})
+            assert effective.get("runAsNonRoot") is True, where
+            assert int(effective.get("runAsUser", 0)) > 0, where
+            assert effective.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+            assert own.get("readOnlyRootFilesystem") is True, where
+            assert own.get("allowPrivilegeEscalation") is False, where
+            assert own.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert "add" not in own.get("capabilities", {}), where
+            assert not own.get("privileged", False), where
+
+
+@pytest.mark.parametrize("overlay", ["one-box", "multi-node"])
+def test_vllm_writes_only_to_its_volumes(overlay: str) -> None:
+    """vLLM as a non-root user on a read-only root: its home, caches and temporary files are
+    on volumes, and no path it writes is under /root."""
+    vllm = workloads(built(overlay))["voicefleet-vllm"]
+    spec = container(vllm)
+    mounts = [mount["mountPath"] for mount in spec["volumeMounts"]]
+    env = env_of(spec)
+    for variable in ("HOME", "HF_HOME", "XDG_CACHE_HOME", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR"):
+        path = env[variable]
+        assert any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts), variable
+    assert "/tmp" in mounts
+    assert not any(m.startswith("/root") for m in mounts)
+    (claim,) = vllm["spec"]["volumeClaimTemplates"]
+    cache = next(m for m in spec["volumeMounts"] if m["name"] == claim["metadata"]["name"])
+    assert env["HF_HOME"] == cache["mountPath"]

@@ -40,6 +40,7 @@ from tests.deploy.docker import (
 from tests.deploy.manifests import K8S, kustomize_build
 from tests.deploy.test_compose import COMPOSE_FILE, compose_binary
 from tests.private_services import free_port
+from voicefleet.deploy_names import ROLES
 from voicefleet.namespaces import delete_namespace
 
 pytestmark = [pytest.mark.timeout(3600)]
@@ -51,11 +52,12 @@ CPU_OVERLAY = "cpu-box"
 # password; the shared broker's guest user stands for each role's user.
 SECRETS = {
     "voicefleet-secrets": {
-        "redis-password": "",
         "llm-api-key": "test-key",
         "auth-jwt-secret": "test-jwt-secret-of-at-least-32-bytes",
         "auth-api-key": API_KEY,
     },
+    # No user and no password: the shared Redis's default user.
+    **{f"voicefleet-redis-{role}": {"username": "", "password": ""} for role in ROLES},
     **{
         f"voicefleet-rabbitmq-{role}": {"username": "guest", "password": "guest"}
         for role in ("gateway", "stt", "llm", "tts", "keda")
@@ -185,6 +187,7 @@ def compose_override(ports: dict[str, int]) -> str:
 {fleet}{no_deps}    environment:
       VF_REDIS_URL: redis://redis:6379/0
       VF_GATEWAY_PORT: "{ports["gateway"]}"
+      VF_METRICS_PORT: "{ports["gateway:metrics"]}"
     healthcheck:
       test: ["CMD", "python", "-c", "import urllib.request as u; {gateway_check}"]
   llm-server:
@@ -208,7 +211,7 @@ def compose_leftovers(project: str) -> list[str]:
 async def test_compose_cpu_profile_comes_up_answers_a_turn_and_leaves_nothing(
     image: Build, namespace: str, tmp_path: Path
 ) -> None:
-    ports = {"gateway": free_port(), "llm-server": free_port()}
+    ports = {"gateway": free_port(), "gateway:metrics": free_port(), "llm-server": free_port()}
     for name in ("stt-cpu", "llm-cpu", "tts-cpu"):
         ports[f"{name}:metrics"] = free_port()
         ports[f"{name}:health"] = free_port()
