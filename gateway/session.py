@@ -110,6 +110,7 @@ class ClientConnection:
         self._inbox: asyncio.Queue[Message | BrokerLost] = asyncio.Queue()
         self._inbox_bytes = 0
         self._overflowed = False
+        self._events: asyncio.Task[None] | None = None
         self._closed = False
         self._errors = 0
         client = websocket.client
@@ -144,6 +145,9 @@ class ClientConnection:
             if not self._overflowed:
                 self._overflowed = True
                 log.warning("send_queue_full", queued_bytes=self._inbox_bytes)
+                # The event loop may be stuck sending to this client: the connection ends now.
+                if self._events is not None:
+                    self._events.cancel()
             return
         self._inbox_bytes += size
         self._inbox.put_nowait(message)
@@ -194,9 +198,11 @@ class ClientConnection:
         self._closed = True
         if self.ws.application_state == WebSocketState.CONNECTED:
             # A client that does not read never lets the close frame out: give up after a while.
-            with contextlib.suppress(Exception):
+            try:
                 async with asyncio.timeout(self.settings.send_timeout_s):
                     await self.ws.close(code, reason[:120])
+            except Exception as exc:  # the client is gone or does not read: nothing to tell it
+                log.info("close_not_sent", code=code, error=f"{type(exc).__name__}: {exc}"[:200])
 
     # --- the connection's life ------------------------------------------------------------------
 
@@ -239,6 +245,7 @@ class ClientConnection:
                 self.settings.audio_rate, self.settings.audio_burst_s, time.monotonic()
             )
             events = asyncio.create_task(self._event_loop(session), name="session-events")
+            self._events = events
             await self._open(session)
             async with asyncio.timeout(self.settings.max_session_s):
                 receiving = asyncio.create_task(
@@ -247,6 +254,8 @@ class ClientConnection:
                 # The connection ends with either: the client leaves (or breaks a limit), or
                 # the event loop ends it (taken over, a slow client, the fleet unavailable).
                 await asyncio.wait({receiving, events}, return_when=asyncio.FIRST_COMPLETED)
+                if self._overflowed:
+                    raise _slow_client()
                 if receiving.done():
                     receiving.result()
         except ProtocolError as error:

@@ -130,3 +130,28 @@ async def test_connections_per_address_are_capped(gateway: Fleet) -> None:
                 await fourth.send("not json")
                 reply = json.loads(await asyncio.wait_for(fourth.recv(), 10))
             assert reply["code"] == "bad_message"  # served: its input was read
+
+
+async def test_behind_a_trusted_proxy_each_forwarded_address_counts_on_its_own(
+    gateway: Fleet,
+) -> None:
+    """The test connects from 127.0.0.1, VF_TRUSTED_PROXIES' default: as a proxy would, it names
+    the client in X-Forwarded-For, and the cap counts that address."""
+    with gateway.extra_gateway(
+        "gateway-proxied",
+        VF_MAX_CONNECTIONS_PER_IP="1",
+        VF_START_TIMEOUT_S="60",
+        VF_TRUSTED_PROXIES="127.0.0.1",
+    ) as url:
+
+        def from_(address: str) -> websockets.connect:
+            return websockets.connect(url, additional_headers={"X-Forwarded-For": address})
+
+        async with from_("203.0.113.7"), from_("203.0.113.8") as other:
+            await other.send("not json")
+            reply = json.loads(await asyncio.wait_for(other.recv(), 10))
+            assert reply["code"] == "bad_message"  # served, not refused
+            async with from_("203.0.113.7") as again:
+                errors, close_code = await errors_and_close(again)
+            assert [e["code"] for e in errors] == ["too_many_connections"]
+            assert close_code == 1008
