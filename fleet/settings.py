@@ -135,6 +135,12 @@ class Settings(BaseSettings):
         description="Kernel send buffer of each client socket (SO_SNDBUF); 0 = the kernel's "
         "auto-tuning. What a client that stops reading holds in the kernel.",
     )
+    ws_ping_interval_s: float = Field(
+        20.0,
+        gt=0,
+        description="How often the gateway pings each client; one that does not answer within "
+        "as long again is closed (1011, `keepalive ping timeout`): a half-open connection ends.",
+    )
     stt_languages: str = Field(
         "",
         description="Comma-separated languages a client may ask for in `start`; empty = the "

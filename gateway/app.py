@@ -86,6 +86,8 @@ def run() -> None:
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
         # The client address the per-address limit counts comes from these proxies' headers.
         proxy_headers=True,
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_interval_s,
         forwarded_allow_ips=settings.trusted_proxies,
     )
     server = uvicorn.Server(config)

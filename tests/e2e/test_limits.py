@@ -140,8 +140,11 @@ class StalledClient:
 async def test_a_client_that_stops_reading_is_closed_with_1013_and_its_session_freed(
     fleet: Fleet, limit: dict[str, str]
 ) -> None:
-    # A small kernel send buffer, so that a reply or two fills what the kernel holds for it.
-    with fleet.extra_gateway("gateway-slow", VF_SEND_BUFFER_BYTES="8192", **limit) as url:
+    # A small kernel send buffer, so that a reply or two fills what the kernel holds for it; and
+    # keepalive pings (unanswered by a client that does not read) later than the limit under test.
+    with fleet.extra_gateway(
+        "gateway-slow", VF_SEND_BUFFER_BYTES="8192", VF_WS_PING_INTERVAL_S="300", **limit
+    ) as url:
         gateway = fleet.processes["gateway-slow"]
         since = len(gateway.log_events())  # the log of an earlier run's gateway-slow
         client = await StalledClient.connect(url)
@@ -205,7 +208,9 @@ async def test_leaving_mid_reply_cancels_the_turn_no_tts_job_of_it_runs_afterwar
     gateway, llm, tts = (fleet.processes[name] for name in ("gateway-1", "llm-1", "tts-1"))
     client = VoiceClient(fleet.ws_url)
     await client.connect()
-    talking = asyncio.create_task(client.stream(pcm(silence(0.3), speech(LONG_REQUEST))))
+    talking = asyncio.create_task(
+        client.stream(pcm(silence(0.3), speech(LONG_REQUEST), silence(60)))
+    )
     try:
         start = await client.wait_for("audio_start", timeout=120)
     finally:
