@@ -154,7 +154,7 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_and_its_session_f
             client.send_audio(pcm(silence(0.3), speech(LONG_REQUEST), silence(60)))
         )
         try:
-            await logged(gateway, "client_error", code="slow_client", patience=180, since=since)
+            await logged(gateway, "client_error", code="slow_client", patience=120, since=since)
         finally:
             talking.cancel()
             await asyncio.gather(talking, return_exceptions=True)
