@@ -29,3 +29,11 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"
     # --- gateway: auth (docs/security.md)
     TOKEN_EXPIRED = "token_expired"
+    # --- limits (docs/security.md, "Limits") ---
+    START_TIMEOUT = "start_timeout"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    TOO_MANY_ERRORS = "too_many_errors"
+    AUDIO_TOO_FAST = "audio_too_fast"
+    SLOW_CLIENT = "slow_client"
+    UNSUPPORTED_LANGUAGE = "unsupported_language"
+    UNKNOWN_VOICE = "unknown_voice"

@@ -135,6 +135,86 @@ class Settings(BaseSettings):
         "open /ws/audio besides the gateway's own; `*` allows any. Others get HTTP 403.",
     )
 
+    # --- gateway: limits (docs/security.md, "Limits") ----------------------------------------
+    start_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection that has not sent a valid `start` within this time is closed "
+        "(`start_timeout`, 1008).",
+    )
+    max_connections_per_ip: int = Field(
+        16,
+        gt=0,
+        description="Open connections one client address may hold on one gateway; more get "
+        "`too_many_connections` (1008). Behind a proxy, see VF_TRUSTED_PROXIES.",
+    )
+    trusted_proxies: str = Field(
+        "127.0.0.1",
+        description="Comma-separated addresses (or `*`) of proxies whose X-Forwarded-For names "
+        "the client address used by VF_MAX_CONNECTIONS_PER_IP.",
+    )
+    error_budget: int = Field(
+        10,
+        gt=0,
+        description="Recoverable errors (`bad_message`, `bad_frame`, ...) one connection may "
+        "cause; the next one closes it (`too_many_errors`, 1008).",
+    )
+    audio_rate: float = Field(
+        1.5,
+        gt=0,
+        description="Audio a client may send, sustained, in seconds of audio per second "
+        "(a frame counts at least 10 ms); faster ends the connection (`audio_too_fast`, 1008).",
+    )
+    audio_burst_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds of audio a client may send at once above VF_AUDIO_RATE (a token "
+        "bucket's size; covers audio queued while the session is being assigned).",
+    )
+    replay_max_bytes: int = Field(
+        1_920_000,
+        gt=0,
+        description="Memory for the utterance in progress kept per connection for replay to a "
+        "new STT worker (bytes, 320 per frame counted besides its audio; 1920000 = 60 s); "
+        "older audio is dropped.",
+    )
+    send_queue_max_bytes: int = Field(
+        4_000_000,
+        gt=0,
+        description="Bytes of events and reply audio waiting for one client; a client that "
+        "falls further behind is closed (`slow_client`, 1013).",
+    )
+    send_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest a send to one client may block; a client that stops reading is "
+        "closed (`slow_client`, 1013) and its session's work freed.",
+    )
+    send_buffer_bytes: int = Field(
+        0,
+        ge=0,
+        description="Kernel send buffer of each client socket (SO_SNDBUF); 0 = the kernel's "
+        "auto-tuning. What a client that stops reading holds in the kernel.",
+    )
+    ws_ping_interval_s: float = Field(
+        20.0,
+        gt=0,
+        description="How often the gateway pings each client; one that does not answer within "
+        "as long again is closed (1011, `keepalive ping timeout`): a half-open connection ends.",
+    )
+    stt_languages: str = Field(
+        "",
+        description="Comma-separated languages a client may ask for in `start`; empty = the "
+        "99 of Whisper's multilingual models (fleet/engines.py). Others get "
+        "`unsupported_language` (1003).",
+    )
+    tts_voice_names: str = Field(
+        "",
+        description="Comma-separated voices a client may ask for in `start`; empty = the "
+        "provider's: Kokoro v1.0's 54 voices (fleet/engines.py), any name for Piper. Others "
+        "get `unknown_voice` (1003).",
+    )
+
     # --- sessions, turns, history -----------------------------------------------------------
     history_turns: int = Field(10, description="Turns of conversation history kept per session.")
     session_ttl_s: int = Field(
@@ -241,6 +321,20 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         20.0,
         description="On SIGTERM, how long a process may finish or hand back its work.",
+    )
+    # Work queue bounds: part of each queue's declaration (changing them: docs/deploy.md).
+    work_ttl_s: int = Field(
+        60,
+        gt=0,
+        description="Turns and sentences waiting longer than this in `llm.turns` / `tts.jobs` "
+        "are dead-lettered unanswered (nobody waits that long). Part of the queues' "
+        'declaration: docs/deploy.md, "Changing the work queues\' bounds".',
+    )
+    work_max_length: int = Field(
+        10_000,
+        gt=0,
+        description="Messages a work queue holds waiting; beyond it the oldest are "
+        "dead-lettered. Part of the queues' declaration (docs/deploy.md).",
     )
 
     def resolved_worker_id(self, role: str) -> str:

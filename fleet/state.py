@@ -210,6 +210,31 @@ class SessionStore:
         await cast(Awaitable[int], self.redis.publish(self.turn_channel, notice))
         return int(turn)
 
+    async def cancel_turn(self, session_id: str, turn: int) -> bool:
+        """Move the turn counter past ``turn`` if it is still the session's turn (a newer one,
+        started by another connection of the session, is left alone). True if it was moved;
+        the notice goes out as with :meth:`next_turn`."""
+        key = self._key(session_id, "turn")
+        moved = await cast(
+            Awaitable[int | None],
+            self.redis.eval(
+                "if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then "
+                "return nil end "
+                "local turn = redis.call('INCR', KEYS[1]) "
+                "redis.call('EXPIRE', KEYS[1], ARGV[2]) "
+                "return turn",
+                1,
+                key,
+                str(turn),
+                str(self.settings.session_ttl_s),
+            ),
+        )
+        if moved is None:
+            return False
+        notice = json.dumps({"session": session_id, "turn": int(moved)})
+        await cast(Awaitable[int], self.redis.publish(self.turn_channel, notice))
+        return True
+
     async def record_exchange(
         self, session_id: str, exchange: Exchange, *, replaces_last: bool = False
     ) -> None:

@@ -51,6 +51,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 StateHook = Callable[[], Awaitable[None] | None]
 
 
+class TopologyMismatch(RuntimeError):
+    """A queue exists with other arguments than this version declares (docs/deploy.md)."""
+
+
 class BrokerUnavailable(ConnectionError):
     """The broker cannot be reached now; the robust connection is trying to reconnect."""
 
@@ -120,6 +124,10 @@ class RouteSpec:
     persistent: bool = False
     max_priority: int = 0
     priority: Callable[[Message], int] | None = None
+    # Waiting work older than ``work_ttl_s`` is dead-lettered: nobody waits for its answer any
+    # more. Not for leases: a redelivered lease keeps its first enqueue time, and would expire
+    # instead of moving to another worker.
+    expires: bool = False
 
     def key_of(self, message: Message) -> str:
         return str(getattr(message, self.key))
@@ -130,7 +138,15 @@ class RouteSpec:
     def queue_arguments(self, names: Names, settings: Settings) -> dict[str, Any]:
         if self.queue_kind is QueueKind.STREAM:
             return {"x-queue-type": "stream", "x-max-age": settings.transcripts_max_age}
-        arguments: dict[str, Any] = {"x-dead-letter-exchange": names.dead_letter_exchange}
+        # Bounded work (docs/security.md): beyond the length limit the oldest waiting messages
+        # are dead-lettered (the default overflow, drop-head). These arguments are part of the
+        # queue: docs/deploy.md says how to change them on a running fleet.
+        arguments: dict[str, Any] = {
+            "x-dead-letter-exchange": names.dead_letter_exchange,
+            "x-max-length": settings.work_max_length,
+        }
+        if self.expires:
+            arguments["x-message-ttl"] = settings.work_ttl_s * 1000
         if self.max_priority:
             arguments["x-max-priority"] = self.max_priority
         return arguments
@@ -142,10 +158,11 @@ TOPOLOGY: dict[Route, RouteSpec] = {
     # To the STT worker holding the stream's lease.
     Route.AUDIO: RouteSpec(exchange="vf.audio", key="stream_id"),
     Route.STT_SESSIONS: RouteSpec(queue="stt.sessions", persistent=True),
-    Route.LLM_TURNS: RouteSpec(queue="llm.turns", persistent=True),
+    Route.LLM_TURNS: RouteSpec(queue="llm.turns", persistent=True, expires=True),
     Route.TTS_JOBS: RouteSpec(
         queue="tts.jobs",
         persistent=True,
+        expires=True,
         max_priority=TTS_MAX_PRIORITY,
         priority=_sentence_priority,
     ),
@@ -308,11 +325,18 @@ class Bus:
                     names.exchange(route), aio_pika.ExchangeType.DIRECT, durable=True
                 )
             else:
-                await channel.declare_queue(
-                    names.work_queue(route),
-                    durable=True,
-                    arguments=spec.queue_arguments(names, self.settings),
-                )
+                arguments = spec.queue_arguments(names, self.settings)
+                try:
+                    await channel.declare_queue(
+                        names.work_queue(route), durable=True, arguments=arguments
+                    )
+                except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                    raise TopologyMismatch(
+                        f"queue {names.work_queue(route)!r} exists with other arguments than "
+                        f"{arguments}: it was declared by another version or with other bounds "
+                        '(VF_WORK_TTL_S, VF_WORK_MAX_LENGTH). See docs/deploy.md, "Changing '
+                        f"the work queues' bounds\". Broker: {exc}"
+                    ) from exc
                 exchanges[route] = channel.default_exchange
         self._exchanges = exchanges
 

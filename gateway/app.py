@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -159,7 +160,7 @@ def run() -> None:
     # uvicorn shuts down gracefully on SIGTERM (clients get close 1012 and can reconnect to
     # another gateway), then re-raises the signal into the handler it found: exit 0, drained.
     signal.signal(signal.SIGTERM, _exit_drained)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.gateway_host,
         port=settings.gateway_port,
@@ -168,4 +169,18 @@ def run() -> None:
         # from the session rather than a bare close from the server.
         ws_max_size=max(1 << 20, 4 * max(settings.max_frame_bytes, settings.max_text_bytes)),
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        # The client address the per-address limit counts comes from these proxies' headers.
+        proxy_headers=True,
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_interval_s,
+        forwarded_allow_ips=settings.trusted_proxies,
     )
+    server = uvicorn.Server(config)
+    if not settings.send_buffer_bytes:
+        server.run()
+        return
+    # Connections inherit the listening socket's send buffer: what a client that stops reading
+    # can hold in the kernel (VF_SEND_BUFFER_BYTES).
+    listener = config.bind_socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_bytes)
+    server.run(sockets=[listener])

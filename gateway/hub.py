@@ -20,6 +20,7 @@ from fleet.settings import Settings
 from fleet.state import SessionStore, connect_redis
 from fleet.tasks import cancel_and_wait
 from fleet.topology import Bus, Route
+from gateway.limits import ConnectionsPerAddress
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +55,8 @@ class Hub:
         # session id -> its live stream id on this gateway and the hash of its resume secret
         self._streams: dict[str, tuple[str, str]] = {}
         self._keepalive: asyncio.Task[None] | None = None
+        # Open connections per client address (VF_MAX_CONNECTIONS_PER_IP).
+        self.connections = ConnectionsPerAddress(settings.max_connections_per_ip)
 
     @property
     def bus(self) -> Bus:

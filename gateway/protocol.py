@@ -48,6 +48,14 @@ CLOSES_WITH: dict[ErrorCode, CloseCode | None] = {
     ErrorCode.INTERNAL: CloseCode.INTERNAL,
     # --- gateway: auth
     ErrorCode.TOKEN_EXPIRED: CloseCode.POLICY,
+    # --- limits (docs/security.md, "Limits") ---
+    ErrorCode.START_TIMEOUT: CloseCode.POLICY,
+    ErrorCode.TOO_MANY_CONNECTIONS: CloseCode.POLICY,
+    ErrorCode.TOO_MANY_ERRORS: CloseCode.POLICY,
+    ErrorCode.AUDIO_TOO_FAST: CloseCode.POLICY,
+    ErrorCode.SLOW_CLIENT: CloseCode.TRY_AGAIN,
+    ErrorCode.UNSUPPORTED_LANGUAGE: CloseCode.UNSUPPORTED,
+    ErrorCode.UNKNOWN_VOICE: CloseCode.UNSUPPORTED,
 }
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
@@ -146,6 +154,8 @@ def check_frame(frame: bytes, max_bytes: int) -> None:
             ErrorCode.FRAME_TOO_BIG,
             f"audio frames are limited to {max_bytes} bytes ({len(frame)} received)",
         )
+    if not frame:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "empty audio frames are not accepted")
     if len(frame) % 2:
         raise ProtocolError(ErrorCode.BAD_FRAME, "PCM16 frames must have an even number of bytes")
 

@@ -34,6 +34,7 @@ from fleet.contracts import (
     TurnFailed,
     TurnRequest,
 )
+from fleet.engines import accepted_languages, accepted_voices
 from fleet.errors import ErrorCode
 from fleet.settings import Settings
 from fleet.state import secret_hash
@@ -41,6 +42,7 @@ from fleet.topology import BrokerUnavailable
 from gateway.auth import Authenticator, AuthError
 from gateway.history import History
 from gateway.hub import BrokerLost, Hub
+from gateway.limits import AudioRate
 from gateway.protocol import (
     ClientCommand,
     CloseCode,
@@ -79,6 +81,18 @@ class _Session:
     turns: TurnMachine = field(default_factory=TurnMachine)
 
 
+# What an event other than reply audio counts against VF_SEND_QUEUE_MAX_BYTES.
+_EVENT_BYTES = 256
+
+
+def _queued_size(message: Message | BrokerLost) -> int:
+    return _EVENT_BYTES + (len(message.pcm) if isinstance(message, AudioOut) else 0)
+
+
+def _slow_client() -> ProtocolError:
+    return ProtocolError(ErrorCode.SLOW_CLIENT, "the client does not read what it is sent")
+
+
 def _taken_over() -> ProtocolError:
     return ProtocolError(
         ErrorCode.SESSION_TAKEN_OVER, "the session was resumed on another connection"
@@ -95,8 +109,16 @@ class ClientConnection:
         self.auth = auth
         self.stream_id = uuid.uuid4().hex
         self._send_lock = asyncio.Lock()
+        # Events for the client, bounded in bytes (VF_SEND_QUEUE_MAX_BYTES): a client that
+        # falls further behind is closed rather than buffered for.
         self._inbox: asyncio.Queue[Message | BrokerLost] = asyncio.Queue()
+        self._inbox_bytes = 0
+        self._overflowed = False
+        self._events: asyncio.Task[None] | None = None
         self._closed = False
+        self._errors = 0
+        client = websocket.client
+        self.address = client.host if client is not None else "unknown"
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -106,22 +128,59 @@ class ClientConnection:
         await self._send(event.to_json())
 
     async def _send(self, data: str | bytes) -> None:
+        """Send now; a client that does not take it within VF_SEND_TIMEOUT_S is too slow."""
         if self._closed:
             return
-        async with self._send_lock:
-            try:
+        try:
+            async with asyncio.timeout(self.settings.send_timeout_s), self._send_lock:
                 if isinstance(data, bytes):
                     await self.ws.send_bytes(data)
                 else:
                     await self.ws.send_text(data)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                self._closed = True
+        except TimeoutError:
+            raise _slow_client() from None
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self._closed = True
+
+    def _deliver(self, message: Message | BrokerLost) -> None:
+        """The hub's sink: queue an event for the client, unless it is too far behind."""
+        size = _queued_size(message)
+        if self._inbox_bytes + size > self.settings.send_queue_max_bytes:
+            if not self._overflowed:
+                self._overflowed = True
+                log.warning("send_queue_full", queued_bytes=self._inbox_bytes)
+                # The event loop may be stuck sending to this client: the connection ends now.
+                if self._events is not None:
+                    self._events.cancel()
+            return
+        self._inbox_bytes += size
+        self._inbox.put_nowait(message)
 
     async def _fail(self, error: ProtocolError) -> None:
         log.info("client_error", code=error.code, detail=error.message)
+        if error.code is ErrorCode.SLOW_CLIENT:
+            # Nothing more reaches a client that does not read: the close frame goes out if it
+            # reads again within VF_SEND_TIMEOUT_S, else the connection is just dropped.
+            telemetry.CLIENT_ERRORS.labels(error.code).inc()
+            await self._close(CloseCode.TRY_AGAIN, error.code)
+            return
         await self._send_event(Error(error.code, error.message))
         if error.close_code is not None:
             await self._close(error.close_code, error.code)
+
+    async def _refuse(self, error: ProtocolError) -> None:
+        """An error the client's input caused: recoverable ones count against the budget."""
+        if error.close_code is None:
+            self._errors += 1
+            if self._errors > self.settings.error_budget:
+                error = ProtocolError(
+                    ErrorCode.TOO_MANY_ERRORS,
+                    f"more than {self.settings.error_budget} bad messages or frames "
+                    f"(the last: {error.code})",
+                )
+        if error.close_code is not None:
+            raise error
+        await self._fail(error)
 
     async def _unavailable(self, exc: Exception) -> None:
         """The broker or Redis is away: what is in flight may be lost, so say so and close (1013).
@@ -142,23 +201,67 @@ class ClientConnection:
             return
         self._closed = True
         if self.ws.application_state == WebSocketState.CONNECTED:
-            with contextlib.suppress(Exception):
-                await self.ws.close(code, reason[:120])
+            # A client that does not read never lets the close frame out: give up after a while.
+            try:
+                async with asyncio.timeout(self.settings.send_timeout_s):
+                    await self.ws.close(code, reason[:120])
+            except Exception as exc:  # the client is gone or does not read: nothing to tell it
+                log.info("close_not_sent", code=code, error=f"{type(exc).__name__}: {exc}"[:200])
 
     # --- the connection's life ------------------------------------------------------------------
 
     async def serve(self) -> None:
+        if not self.hub.connections.admit(self.address):
+            log.info("connection_refused", address=self.address)
+            await self._fail(
+                ProtocolError(
+                    ErrorCode.TOO_MANY_CONNECTIONS,
+                    f"at most {self.settings.max_connections_per_ip} connections per address",
+                )
+            )
+            return
+        try:
+            await self._serve()
+        finally:
+            # Released before the close frame goes out: a client that saw its connection closed
+            # may open another at once.
+            self.hub.connections.release(self.address)
+            await self._close(CloseCode.NORMAL)
+
+    async def _serve(self) -> None:
         session: _Session | None = None
         events: asyncio.Task[None] | None = None
+        receiving: asyncio.Task[None] | None = None
         try:
-            start = await self._receive_start()
+            try:
+                async with asyncio.timeout(self.settings.start_timeout_s):
+                    start = await self._receive_start()
+            except TimeoutError:
+                raise ProtocolError(
+                    ErrorCode.START_TIMEOUT,
+                    f"no start message within {self.settings.start_timeout_s:g} s",
+                ) from None
             if start is None:
                 return
             session = await self._session_for(start)
+            self._check_engines(session)
+            audio_rate = AudioRate(
+                self.settings.audio_rate, self.settings.audio_burst_s, time.monotonic()
+            )
             events = asyncio.create_task(self._event_loop(session), name="session-events")
+            self._events = events
             await self._open(session)
             async with asyncio.timeout(self.settings.max_session_s):
-                await self._receive_loop(session.uplink)
+                receiving = asyncio.create_task(
+                    self._receive_loop(session.uplink, audio_rate), name="session-receive"
+                )
+                # The connection ends with either: the client leaves (or breaks a limit), or
+                # the event loop ends it (taken over, a slow client, the fleet unavailable).
+                await asyncio.wait({receiving, events}, return_when=asyncio.FIRST_COMPLETED)
+                if self._overflowed:
+                    raise _slow_client()
+                if receiving.done():
+                    receiving.result()
         except ProtocolError as error:
             await self._fail(error)
         except (BrokerUnavailable, RedisError) as exc:
@@ -171,13 +274,13 @@ class ClientConnection:
             log.exception("connection_failed")
             await self._fail(ProtocolError(ErrorCode.INTERNAL, "internal error"))
         finally:
-            if events is not None:
-                events.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await events
+            for task in (receiving, events):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             if session is not None:
                 await self._end(session)
-            await self._close(CloseCode.NORMAL)
 
     async def _receive(self) -> bytes | ClientCommand | None:
         """The client's next audio frame or command, None once it has gone."""
@@ -194,14 +297,11 @@ class ClientConnection:
             try:
                 received = await self._receive()
             except ProtocolError as error:
-                if error.close_code is not None:
-                    raise
-                await self._fail(error)
+                await self._refuse(error)
                 continue
             if isinstance(received, bytes):
                 raise ProtocolError(ErrorCode.NOT_STARTED, "send a start message first")
             if isinstance(received, Stop):
-                await self._close(CloseCode.NORMAL, "stopped")
                 return None
             return received
 
@@ -224,16 +324,32 @@ class ClientConnection:
             session_id,
             voice=start.voice or self.settings.tts_voice,
             language=start.language or self.settings.stt_language,
-            uplink=Uplink(self.hub.bus, session_id, self.stream_id),
+            uplink=Uplink(self.hub.bus, session_id, self.stream_id, self.settings.replay_max_bytes),
             history=History(self.hub.store, self.hub.bus, session_id),
         )
+
+    def _check_engines(self, session: _Session) -> None:
+        """Refuse, before anything is written or published, what no engine would accept."""
+        languages = accepted_languages(self.settings)
+        if session.language not in languages:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_LANGUAGE,
+                f"language {session.language!r} is not supported; use one of: "
+                + ", ".join(languages),
+            )
+        voices = accepted_voices(self.settings)
+        if voices is not None and session.voice not in voices:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_VOICE,
+                f"unknown voice {session.voice!r}; use one of: " + ", ".join(voices),
+            )
 
     async def _open(self, session: _Session) -> None:
         digest = secret_hash(session.resume_secret)
         resumed = await self.hub.store.open_session(
             session.id, self.hub.gateway_id, self.stream_id, digest
         )
-        await self.hub.attach(session.id, self._inbox.put_nowait, self.stream_id, digest)
+        await self.hub.attach(session.id, self._deliver, self.stream_id, digest)
         if resumed:
             # One live connection per session: an older one, on whichever gateway, ends now.
             await self.hub.bus.publish(SessionTakenOver(session.id, self.stream_id))
@@ -248,7 +364,7 @@ class ClientConnection:
         log.info("session_started", resumed=resumed)
 
     async def _end(self, session: _Session) -> None:
-        await self.hub.detach(session.id, self._inbox.put_nowait)
+        await self.hub.detach(session.id, self._deliver)
         # Either of these alone ends the STT lease; one failing must not skip the other.
         with contextlib.suppress(Exception):
             await session.uplink.close()
@@ -260,21 +376,27 @@ class ClientConnection:
 
     # --- client -> fleet -----------------------------------------------------------------------
 
-    async def _receive_loop(self, uplink: Uplink) -> None:
+    async def _receive_loop(self, uplink: Uplink, audio_rate: AudioRate) -> None:
         while not self._closed:
             try:
                 received = await self._receive()
                 if isinstance(received, bytes):
                     check_frame(received, self.settings.max_frame_bytes)
+                    if not audio_rate.spend(len(received), time.monotonic()):
+                        raise ProtocolError(
+                            ErrorCode.AUDIO_TOO_FAST,
+                            f"audio is limited to {self.settings.audio_rate:g}x real time; "
+                            "send it as it is captured",
+                        )
             except ProtocolError as error:
-                await self._fail(error)
+                await self._refuse(error)
                 continue
             if received is None or isinstance(received, Stop):
                 return
             if isinstance(received, bytes):
                 await uplink.send(received)
             else:
-                await self._fail(
+                await self._refuse(
                     ProtocolError(ErrorCode.ALREADY_STARTED, "the session is already started")
                 )
 
@@ -282,7 +404,11 @@ class ClientConnection:
 
     async def _event_loop(self, session: _Session) -> None:
         while True:
+            if self._overflowed:
+                await self._fail(_slow_client())
+                return
             message = await self._inbox.get()
+            self._inbox_bytes -= _queued_size(message)
             try:
                 await self._on_event(session, message)
             except asyncio.CancelledError:
@@ -351,9 +477,10 @@ class ClientConnection:
                     await self.hub.bus.publish(
                         TurnRequest(session.id, number, text, session.voice, session.language)
                     )
-                case CancelTurn(turn=turn, unanswered=unanswered):
-                    await self.hub.store.next_turn(session.id)
-                    log.info("barge_in", cancelled_turn=turn, unanswered=unanswered)
+                case CancelTurn(turn=turn, unanswered=unanswered, reason=reason):
+                    # Only if it is still the session's turn: a newer connection's is not ours.
+                    if await self.hub.store.cancel_turn(session.id, turn):
+                        log.info(reason, cancelled_turn=turn, unanswered=unanswered)
                 case Heard():
                     await session.history.record(command)
                 case FirstAudio(waited_s=waited):

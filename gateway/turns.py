@@ -47,10 +47,12 @@ class CancelTurn:
     """Move the session's turn counter past ``turn``, so that no worker goes on with it.
 
     ``unanswered``: none of its reply had played, so its request is answered with the next turn.
+    ``reason``: why, as the connection logs it (a barge-in, or the client gone mid-reply).
     """
 
     turn: int
     unanswered: bool
+    reason: str = "barge_in"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,11 +178,18 @@ class TurnMachine:
         return [Error(ErrorCode(code), message)]
 
     def closed(self) -> list[Command]:
-        """The connection ended: a reply not yet recorded is recorded as far as it was sent."""
+        """The connection ended: a reply not yet recorded is recorded as far as it was sent,
+        and a reply still in the making is cancelled: nobody is there to hear it."""
         turn = self._turn
-        if turn is None or turn.recorded:
+        if turn is None:
             return []
-        return [self._heard(turn, interrupted=True, seconds=turn.reply.seconds_emitted)]
+        commands: list[Command] = []
+        if not turn.reply.complete:
+            unanswered = turn.first_audio_at is None
+            commands.append(CancelTurn(turn.number, unanswered, reason="turn_cancelled_on_close"))
+        if not turn.recorded:
+            commands.append(self._heard(turn, interrupted=True, seconds=turn.reply.seconds_emitted))
+        return commands
 
     # --- decisions -----------------------------------------------------------------------------
 

@@ -14,24 +14,27 @@ from collections import deque
 import structlog
 from aio_pika.exceptions import DeliveryError
 
-from fleet.audio import INPUT_SAMPLE_RATE
 from fleet.contracts import AudioChunk, ReplayDone, SessionClose, SessionOpen
 from fleet.topology import Bus
 
 log = structlog.get_logger(__name__)
 
-# The utterance in progress is kept for replay to a new STT owner; beyond this it is dropped
-# from the front (a single utterance this long is not a conversation turn).
-_MAX_REPLAY_SECONDS = 60.0
+# What one kept frame costs besides its audio (the chunk object, its headers): counted in the
+# replay bound, so that tiny frames cannot make the bound mean much more memory.
+FRAME_OVERHEAD_BYTES = 320
 
 
 class Uplink:
-    def __init__(self, bus: Bus, session_id: str, stream_id: str) -> None:
+    def __init__(self, bus: Bus, session_id: str, stream_id: str, max_replay_bytes: int) -> None:
         self._bus = bus
         self._session_id = session_id
         self._stream_id = stream_id
         self._seq = 0
+        # The utterance in progress is kept for replay to a new STT owner, up to
+        # ``max_replay_bytes`` (VF_REPLAY_MAX_BYTES); beyond, it is dropped from the front.
         self._replay: deque[AudioChunk] = deque()
+        self._replay_bytes = 0
+        self._max_replay_bytes = max_replay_bytes
         # Set while a worker holds the stream: audio goes out live, else it is only kept.
         self._owned = asyncio.Event()
         # The lease as offered, and whether it must be offered again (its worker released the
@@ -57,20 +60,32 @@ class Uplink:
         async with self._lock:
             self._seq += 1
             chunk = AudioChunk(self._session_id, self._stream_id, self._seq, pcm)
-            self._replay.append(chunk)
-            max_frames = int(_MAX_REPLAY_SECONDS * INPUT_SAMPLE_RATE * 2 / max(len(pcm), 1))
-            while len(self._replay) > max_frames:
-                self._replay.popleft()
+            self._keep(chunk)
             if self._owned.is_set():
                 await self._publish(chunk)
             elif self._reoffer and self._offer is not None:
                 self._reoffer = False
                 await self._bus.publish(self._offer)
 
+    @property
+    def replay_bytes(self) -> int:
+        """What the kept utterance counts against ``max_replay_bytes``."""
+        return self._replay_bytes
+
+    def _keep(self, chunk: AudioChunk) -> None:
+        self._replay.append(chunk)
+        self._replay_bytes += len(chunk.pcm) + FRAME_OVERHEAD_BYTES
+        while self._replay_bytes > self._max_replay_bytes:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        dropped = self._replay.popleft()
+        self._replay_bytes -= len(dropped.pcm) + FRAME_OVERHEAD_BYTES
+
     def transcribed(self, upto_seq: int) -> None:
         """A final transcript covers the audio up to ``upto_seq``: it needs no replay."""
         while self._replay and self._replay[0].seq <= upto_seq:
-            self._replay.popleft()
+            self._drop_oldest()
 
     async def owner_taken(self) -> None:
         """A worker holds the stream now: send it the utterance in progress, then go live."""

@@ -55,6 +55,7 @@ async def _error_and_close(
         (json.dumps({"type": "dance"}), "unknown_type"),
         (json.dumps(START), "already_started"),
         (b"\x01\x02\x03", "bad_frame"),
+        (b"", "bad_frame"),  # an empty frame
     ],
 )
 async def test_recoverable_bad_input_gets_an_error_and_the_session_goes_on(
@@ -143,13 +144,15 @@ async def dead_lettered_sessions(fleet: Fleet) -> set[str]:
 async def test_a_stream_that_fails_on_every_recognizer_ends_with_stt_unavailable(
     fleet: Fleet,
 ) -> None:
-    """Speech the recognizers cannot decode (a language code the gateway accepts and Whisper does
-    not know) fails on every try: the stream is dead-lettered and the client gets
-    ``stt_unavailable``, close 1011; the session itself goes on over a new connection."""
-    client = VoiceClient(fleet.ws_url)
-    await client.connect(language="zz")
-    said = pcm(silence(0.3), speech(QUESTION), silence(20))
-    error = await talk_until_closed(client, said, patience=120)
+    """Speech the recognizers cannot decode (a language code a misconfigured gateway accepts,
+    VF_STT_LANGUAGES, and Whisper does not know) fails on every try: the stream is dead-lettered
+    and the client gets ``stt_unavailable``, close 1011; the session itself goes on over a new
+    connection."""
+    with fleet.extra_gateway("gateway-zz", VF_STT_LANGUAGES="en,zz") as url:
+        client = VoiceClient(url)
+        await client.connect(language="zz")
+        said = pcm(silence(0.3), speech(QUESTION), silence(20))
+        error = await talk_until_closed(client, said, patience=120)
     assert isinstance(error.data, dict) and error.data["code"] == "stt_unavailable", error
     assert client.close_code == 1011
     assert client.session_id in await dead_lettered_sessions(fleet)

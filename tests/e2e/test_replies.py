@@ -92,9 +92,15 @@ async def test_a_failed_reply_ends_its_turn_and_the_connection_goes_on(fleet: Fl
 
 
 async def test_a_failed_synthesis_ends_its_turn_and_the_connection_goes_on(fleet: Fleet) -> None:
-    """``tts_failed``: a voice no synthesizer has fails each sentence; the client is told, the turn
-    still ends (``audio_end``), and the connection stays open until the client stops."""
-    client = VoiceClient(fleet.ws_url)
+    """``tts_failed``: a voice no synthesizer has (one a misconfigured gateway accepts,
+    VF_TTS_VOICE_NAMES) fails each sentence; the client is told, the turn still ends
+    (``audio_end``), and the connection stays open until the client stops."""
+    with fleet.extra_gateway("gateway-nobody", VF_TTS_VOICE_NAMES="af_heart,zz_nobody") as url:
+        await _a_failed_synthesis(url)
+
+
+async def _a_failed_synthesis(url: str) -> None:
+    client = VoiceClient(url)
     await client.connect(voice="zz_nobody")
     try:
         await client.stream(pcm(silence(0.3), speech(QUESTION), silence(2.5)))

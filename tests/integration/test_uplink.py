@@ -10,11 +10,13 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
 from fleet.contracts import AudioChunk, ReplayDone
+from fleet.settings import Settings
 from fleet.topology import Bus, Route, decode_incoming
-from gateway.uplink import Uplink
+from gateway.uplink import FRAME_OVERHEAD_BYTES, Uplink
 
 SID = "sess-aaaaaaaa"
 STREAM = "stream-1"
+REPLAY_BYTES = Settings().replay_max_bytes
 
 
 class Worker:
@@ -68,7 +70,7 @@ def frame(n: int) -> bytes:
 async def test_audio_before_a_worker_holds_the_stream_is_replayed_to_it_then_goes_live(
     bus: Bus, worker: Worker
 ) -> None:
-    uplink = Uplink(bus, SID, STREAM)
+    uplink = Uplink(bus, SID, STREAM, REPLAY_BYTES)
     await worker.hold()  # bound already, so any audio published early would arrive first
     await uplink.send(frame(1))
     await uplink.send(frame(2))
@@ -81,7 +83,7 @@ async def test_audio_before_a_worker_holds_the_stream_is_replayed_to_it_then_goe
 
 
 async def test_audio_a_final_transcript_covers_is_not_replayed(bus: Bus, worker: Worker) -> None:
-    uplink = Uplink(bus, SID, STREAM)
+    uplink = Uplink(bus, SID, STREAM, REPLAY_BYTES)
     await worker.hold()
     for n in (1, 2, 3):
         await uplink.send(frame(n))
@@ -95,7 +97,7 @@ async def test_audio_a_final_transcript_covers_is_not_replayed(bus: Bus, worker:
 async def test_audio_sent_while_the_stream_has_no_holder_reaches_the_next_one(
     bus: Bus, worker: Worker
 ) -> None:
-    uplink = Uplink(bus, SID, STREAM)
+    uplink = Uplink(bus, SID, STREAM, REPLAY_BYTES)
     await worker.hold()
     await uplink.owner_taken()
     await uplink.send(frame(1))
@@ -108,3 +110,23 @@ async def test_audio_sent_while_the_stream_has_no_holder_reaches_the_next_one(
     await uplink.owner_taken()
 
     assert await worker.next(4) == [(1, True), (2, True), (3, True), ReplayDone.KIND]
+
+
+async def test_the_utterance_kept_for_replay_is_bounded_in_bytes_whatever_the_frame_size(
+    bus: Bus, worker: Worker
+) -> None:
+    """VF_REPLAY_MAX_BYTES bounds memory, not frames: a flood of tiny frames after a large one
+    pushes the large one out, and each frame's bookkeeping counts too."""
+    tiny = b"\x00\x00"
+    bound = 4 * (3200 + FRAME_OVERHEAD_BYTES)
+    uplink = Uplink(bus, SID, STREAM, max_replay_bytes=bound)
+    await worker.hold()
+    await uplink.send(frame(1))
+    for _ in range(40):
+        await uplink.send(tiny)
+    assert uplink.replay_bytes <= bound
+
+    await uplink.owner_taken()
+
+    kept = 40  # 40 * (2 + overhead) fits; the 3200-byte frame before them does not any more
+    assert await worker.next(kept + 1) == [(seq, True) for seq in range(2, 42)] + [ReplayDone.KIND]

@@ -169,9 +169,17 @@ def test_text_at_the_limit_is_accepted() -> None:
     assert parse_text(raw, len(raw)) == Stop()
 
 
-@pytest.mark.parametrize("size", [0, 2, 3200, MAX_FRAME])
+@pytest.mark.parametrize("size", [2, 3200, MAX_FRAME])
 def test_even_frames_up_to_the_limit_are_accepted(size: int) -> None:
     check_frame(b"\x00" * size, MAX_FRAME)
+
+
+def test_an_empty_frame_is_a_bad_frame_without_closing() -> None:
+    with pytest.raises(ProtocolError) as info:
+        check_frame(b"", MAX_FRAME)
+    assert info.value.code == "bad_frame"
+    assert info.value.close_code is None
+    assert "empty" in info.value.message
 
 
 @pytest.mark.parametrize("size", [1, 3199, MAX_FRAME - 1])

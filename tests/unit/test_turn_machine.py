@@ -190,7 +190,19 @@ def test_a_turn_cut_off_by_the_connection_ending_is_recorded_as_far_as_it_was_se
     machine = TurnMachine()
     ask(machine, "Tell me a story.", 0.0, number=1)
     machine.reply_audio(reply_audio(1, 0, 2.0, ONCE), 1.0)
-    assert machine.closed() == [Heard(1, "Tell me a story.", ONCE, True, False)]
+    assert machine.closed() == [
+        CancelTurn(1, unanswered=False, reason="turn_cancelled_on_close"),
+        Heard(1, "Tell me a story.", ONCE, True, False),
+    ]
+
+
+def test_the_connection_ending_before_any_reply_cancels_the_turn() -> None:
+    machine = TurnMachine()
+    ask(machine, "Tell me a story.", 0.0, number=1)
+    assert machine.closed() == [
+        CancelTurn(1, unanswered=True, reason="turn_cancelled_on_close"),
+        Heard(1, "Tell me a story.", "", True, False),
+    ]
 
 
 def test_the_connection_ending_after_a_recorded_turn_records_nothing_more() -> None:

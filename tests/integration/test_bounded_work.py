@@ -1,0 +1,111 @@
+"""Work queues are bounded on the real broker: waiting work expires after VF_WORK_TTL_S and beyond
+VF_WORK_MAX_LENGTH the oldest is dead-lettered, so a backlog does not answer questions nobody
+waits for (docs/security.md, "Bounded work")."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+
+from fleet.contracts import SessionOpen, TtsRequest, TurnRequest
+from fleet.settings import Settings
+from fleet.topology import Bus, TopologyMismatch, decode_incoming
+from voicefleet.namespaces import delete_namespace
+
+SID = "sess-bounded-1"
+
+
+@pytest.fixture
+def bounded() -> Settings:
+    return Settings(
+        namespace=f"t{uuid.uuid4().hex[:10]}", log_json=False, work_ttl_s=1, work_max_length=2
+    )
+
+
+@pytest.fixture
+async def bounded_bus(bounded: Settings) -> AsyncIterator[Bus]:
+    bus = await Bus.connect(bounded, f"test-{bounded.namespace}")
+    try:
+        yield bus
+    finally:
+        await bus.close()
+        await delete_namespace(bounded)
+
+
+class DeadLetters:
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+
+    async def next(self) -> tuple[Any, str, str]:
+        """The next dead letter: its message, the queue it died in, and why."""
+        async with asyncio.timeout(15):
+            incoming = await self.received.get()
+        deaths: Any = (incoming.headers or {})["x-death"]
+        death = deaths[0]
+        return decode_incoming(incoming), str(death["queue"]), str(death["reason"])
+
+
+@pytest.fixture
+async def dead_letters(bounded_bus: Bus) -> DeadLetters:
+    found = DeadLetters()
+    channel = await bounded_bus.channel(prefetch=0)
+    queue = await channel.get_queue(bounded_bus.names.dead_letter_queue)
+    await queue.consume(found.received.put, no_ack=True)
+    return found
+
+
+async def waiting(bus: Bus, queue: str) -> int:
+    channel = await bus.connection.channel()
+    try:
+        declared = await channel.declare_queue(queue, passive=True)
+        return declared.declaration_result.message_count or 0
+    finally:
+        await channel.close()
+
+
+async def test_a_turn_nobody_takes_in_time_is_dead_lettered_unanswered(
+    bounded_bus: Bus, dead_letters: DeadLetters
+) -> None:
+    await bounded_bus.publish(TurnRequest(SID, 1, "hello?"))
+    await bounded_bus.publish(TtsRequest(SID, 1, 0, "Hello."))
+
+    found = {await dead_letters.next(), await dead_letters.next()}
+
+    assert found == {
+        (TurnRequest(SID, 1, "hello?"), bounded_bus.names.llm_turns, "expired"),
+        (TtsRequest(SID, 1, 0, "Hello."), bounded_bus.names.tts_jobs, "expired"),
+    }
+
+
+async def test_beyond_the_length_limit_the_oldest_work_is_dead_lettered(
+    bounded_bus: Bus, dead_letters: DeadLetters
+) -> None:
+    # Leases do not expire (a redelivered one keeps its first enqueue time) but are bounded.
+    for stream in ("s1", "s2", "s3"):
+        await bounded_bus.publish(SessionOpen(SID, stream, "gateway-1", "en"))
+    oldest = await dead_letters.next()
+    assert oldest == (
+        SessionOpen(SID, "s1", "gateway-1", "en"),
+        bounded_bus.names.stt_sessions,
+        "maxlen",
+    )
+    assert await waiting(bounded_bus, bounded_bus.names.stt_sessions) == 2
+
+
+async def test_a_queue_declared_with_other_bounds_is_a_clear_error(
+    bounded_bus: Bus, bounded: Settings
+) -> None:
+    other = bounded.model_copy(update={"work_max_length": 3})
+    with pytest.raises(TopologyMismatch, match=r"docs/deploy\.md"):
+        await Bus.connect(other, "test-other-bounds")
+    # The queues as they were are untouched.
+    assert await waiting(bounded_bus, bounded_bus.names.llm_turns) == 0
+    async with await aio_pika.connect(bounded.amqp_url) as connection:
+        channel = await connection.channel()
+        await channel.declare_queue(bounded_bus.names.llm_turns, passive=True)
