@@ -220,7 +220,7 @@ class SessionStore:
             self.redis.eval(
                 "if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then "
                 "return nil end "
-                "local turn = redis.call('INCR', KEYS[1]) "
+                "local turn = redis.call('INCRBY', KEYS[1], 1) "
                 "redis.call('EXPIRE', KEYS[1], ARGV[2]) "
                 "return turn",
                 1,
