@@ -431,6 +431,7 @@ _by_type: dict[str, st.SearchStrategy[Any]] = {
     "str": st.sampled_from(list(ErrorCode)).map(str) | st.text(max_size=60),
     "bytes": st.integers(0, 800).map(bytes) | st.binary(max_size=801),
 }
+_by_type["ErrorCode"] = _by_type["str"]  # any code, documented or not
 
 
 @st.composite
