@@ -23,6 +23,7 @@ from typing import Any, ClassVar, TypeAlias
 from pydantic import TypeAdapter, ValidationError
 
 from fleet.audio import INPUT_SAMPLE_RATE
+from fleet.errors import ErrorCode
 
 
 class ContractError(ValueError):
@@ -230,7 +231,7 @@ class TurnFailed:
     session_id: str
     turn: int
     stage: str
-    code: str
+    code: ErrorCode  # what the client is told: a documented code, or the message is malformed
     message: str
 
 

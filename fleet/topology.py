@@ -246,6 +246,7 @@ class Bus:
         self.connection = connection
         self._publish_channel: AbstractChannel | None = None
         self._exchanges: dict[Route, AbstractExchange] = {}
+        self._dead_letter_exchange: AbstractExchange | None = None
         self.available = asyncio.Event()
         self._lost_hooks: list[StateHook] = []
         self._restored_hooks: list[StateHook] = []
@@ -318,6 +319,7 @@ class Bus:
             arguments={"x-max-length": 100_000, "x-message-ttl": 7 * 24 * 3600 * 1000},
         )
         await dead_letters.bind(dlx)
+        self._dead_letter_exchange = dlx
         exchanges: dict[Route, AbstractExchange] = {}
         for route, spec in TOPOLOGY.items():
             if spec.exchange:
@@ -375,6 +377,39 @@ class Bus:
         except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"publish failed: {type(exc).__name__}: {exc}") from exc
 
+    async def dead_letter_copy(
+        self, incoming: AbstractIncomingMessage, queue: str, reason: str
+    ) -> None:
+        """Put a copy of a delivery in the dead letters (the caller then acks the original).
+
+        For a delivery the broker cannot dead-letter itself: RabbitMQ's own dead-lettering of a
+        message whose ``x-death`` header is not a list of tables crashes the queue (found by
+        fuzzing, RabbitMQ 3.10), so the copy leaves that header out and says where it came from.
+        """
+        assert self._dead_letter_exchange is not None, "declare() first"
+        headers = {k: v for k, v in (incoming.headers or {}).items() if k != "x-death"}
+        origin = {"x-vf-dead-lettered-from": queue, "x-vf-dead-letter-reason": reason}
+
+        def copy(with_headers: dict[str, Any]) -> aio_pika.Message:
+            return aio_pika.Message(
+                body=incoming.body,
+                headers={**with_headers, **origin},
+                content_type=incoming.content_type,
+                type=incoming.type,
+                correlation_id=incoming.correlation_id,
+                message_id=incoming.message_id,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            )
+
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                try:
+                    await self._dead_letter_exchange.publish(copy(headers), routing_key="")
+                except (TypeError, ValueError, OverflowError):  # headers that cannot go back out
+                    await self._dead_letter_exchange.publish(copy({}), routing_key="")
+        except CONNECTION_ERRORS as exc:
+            raise BrokerUnavailable(f"publish failed: {type(exc).__name__}: {exc}") from exc
+
     async def channel(self, prefetch: int) -> AbstractChannel:
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
@@ -403,6 +438,14 @@ async def settle(action: Awaitable[Any], what: str) -> bool:
         log.warning("delivery_void", action=what, error=f"{type(exc).__name__}: {exc}")
         return False
     return True
+
+
+def broker_cannot_dead_letter(incoming: AbstractIncomingMessage) -> bool:
+    """Whether the broker would crash dead-lettering this delivery (see Bus.dead_letter_copy)."""
+    deaths = (incoming.headers or {}).get("x-death")
+    return deaths is not None and not (
+        isinstance(deaths, list) and all(isinstance(death, dict) for death in deaths)
+    )
 
 
 def decode_incoming(incoming: AbstractIncomingMessage) -> Message:

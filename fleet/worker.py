@@ -23,7 +23,15 @@ from fleet.contracts import ContractError, Message
 from fleet.health import HealthState, serve_health
 from fleet.settings import Settings, get_settings
 from fleet.state import SessionStore, TurnWatch, connect_redis
-from fleet.topology import CONNECTION_ERRORS, Bus, Route, decode_incoming, settle
+from fleet.topology import (
+    CONNECTION_ERRORS,
+    BrokerUnavailable,
+    Bus,
+    Route,
+    broker_cannot_dead_letter,
+    decode_incoming,
+    settle,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -182,6 +190,13 @@ class Runtime:
             message_id=incoming.message_id,
             session_id=incoming.correlation_id,
         )
+        if broker_cannot_dead_letter(incoming):
+            try:
+                await self.bus.dead_letter_copy(incoming, queue_name, reason)
+            except BrokerUnavailable:
+                return  # the delivery is void with the connection: the broker redelivers it
+            await settle(incoming.ack(), "ack, copied to the dead letters")
+            return
         await settle(incoming.reject(requeue=False), "dead-letter")
 
 

@@ -21,6 +21,8 @@ class CloseCode(IntEnum):
 
     NORMAL = 1000
     UNSUPPORTED = 1003
+    # Sent by the WebSocket layer (not by a session) for a text frame that is not UTF-8.
+    INVALID_PAYLOAD = 1007
     POLICY = 1008
     TOO_BIG = 1009
     INTERNAL = 1011
@@ -100,18 +102,23 @@ def _optional_str(data: dict[str, Any], key: str, pattern: re.Pattern[str]) -> s
     return value
 
 
+def _number_is(value: Any, expected: int) -> bool:
+    """A JSON number equal to ``expected``; ``true`` is not the number 1."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == expected
+
+
 def parse_start(data: dict[str, Any]) -> Start:
     if data.get("format", PCM_FORMAT) != PCM_FORMAT:
         raise ProtocolError(
             ErrorCode.UNSUPPORTED_FORMAT,
             f"format {data.get('format')!r} is not supported; send {PCM_FORMAT}",
         )
-    if data.get("sampleRate", INPUT_SAMPLE_RATE) != INPUT_SAMPLE_RATE:
+    if not _number_is(data.get("sampleRate", INPUT_SAMPLE_RATE), INPUT_SAMPLE_RATE):
         raise ProtocolError(
             ErrorCode.UNSUPPORTED_FORMAT,
             f"sampleRate {data.get('sampleRate')!r} is not supported; send {INPUT_SAMPLE_RATE}",
         )
-    if data.get("channels", 1) != 1:
+    if not _number_is(data.get("channels", 1), 1):
         raise ProtocolError(
             ErrorCode.UNSUPPORTED_FORMAT, "only mono audio (channels: 1) is supported"
         )

@@ -170,11 +170,11 @@ class TurnMachine:
         current.reply.finish(sentences)
         return self._finish_if_complete(current)
 
-    def reply_failed(self, turn: int, code: str, message: str) -> list[Command]:
+    def reply_failed(self, turn: int, code: ErrorCode, message: str) -> list[Command]:
         if self._current(turn) is None:
             return []
-        # Workers send ErrorCode values only; any other code raises here (a bug to log), so a
-        # client is never sent an undocumented code.
+        # The contract admits documented codes only (a TurnFailed with another is malformed and
+        # dropped before it gets here), so a client is never sent an undocumented code.
         return [Error(ErrorCode(code), message)]
 
     def closed(self) -> list[Command]:

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -235,3 +236,42 @@ async def test_a_stopping_worker_finishes_the_job_in_hand(
         assert queue.declaration_result.message_count == 0  # acked, not left for redelivery
     finally:
         await channel.close()
+
+
+async def test_poison_with_a_forged_x_death_header_is_dead_lettered_without_crashing_the_queue(
+    settings: Settings, bus: Bus, store: SessionStore
+) -> None:
+    """RabbitMQ crashes the queue when it dead-letters a message whose ``x-death`` is not a list
+    of tables (found by tests/e2e/test_fuzz.py); the worker puts a copy in the dead letters and
+    the queue keeps taking and serving work."""
+    handled: list[TurnRequest] = []
+    served = asyncio.Event()
+
+    async def handler(turn: TurnRequest) -> None:
+        handled.append(turn)
+        served.set()
+
+    queue_name = bus.names.llm_turns
+    forgeries: list[Any] = [[1, 2], "not a list", [{"queue": "q"}, 7]]
+    async with llm_worker(settings, handler):
+        for index, forged in enumerate(forgeries):
+            await publish_raw(
+                bus,
+                aio_pika.Message(
+                    b"not json",
+                    headers={"x-death": forged, "turn": 1},
+                    type="turn.request",
+                    correlation_id=SID,
+                    message_id=f"poison-forged-{index}",
+                ),
+            )
+        dead = await dead_letters(bus, 3)
+        await bus.publish(TurnRequest(SID, 1, "Still there?"))  # confirmed: the queue is up
+        await asyncio.wait_for(served.wait(), timeout=10)
+
+    assert handled == [TurnRequest(SID, 1, "Still there?")]
+    assert {m.message_id for m in dead} == {f"poison-forged-{i}" for i in range(3)}
+    for message in dead:
+        assert message.headers["x-vf-dead-lettered-from"] == queue_name
+        assert message.headers["x-vf-dead-letter-reason"] == "malformed"
+        assert message.body == b"not json"

@@ -31,6 +31,7 @@ from fleet.contracts import (
     decode,
     encode,
 )
+from fleet.errors import ErrorCode
 
 SID = "session-0123456789"
 PCM = bytes(range(256)) * 4  # every byte value, including ones that are not valid UTF-8
@@ -53,7 +54,7 @@ SAMPLES: dict[str, Message] = {
         TtsRequest(SID, 3, 1, "It is sunny.", voice="af_heart"),
         TurnDone(SID, 3, "It is sunny. Enjoy!", sentences=2),
         AudioOut(SID, 3, 1, 0, False, PCM, text="Ça va — très bien…"),
-        TurnFailed(SID, 3, "llm", "llm_unavailable", "the model server did not answer"),
+        TurnFailed(SID, 3, "llm", ErrorCode.LLM_FAILED, "the model server did not answer"),
         ConversationEntry(SID, 3, "assistant", "It is sunny.", interrupted=True),
     )
 }
@@ -188,3 +189,17 @@ def test_poison_is_caught_by_callers_that_catch_value_error(
         assert isinstance(exc, ContractError)
     else:
         pytest.fail(f"{kind} with {body[:10]!r} was accepted")
+
+
+def test_a_turn_failure_with_an_undocumented_code_is_malformed() -> None:
+    """The gateway forwards a TurnFailed's code to the client; one that is not a documented
+    ErrorCode must be refused at decoding (found by tests/e2e/test_fuzz.py: it raised in the
+    gateway's event loop instead)."""
+    valid = encode(TurnFailed(SID, 1, "llm", ErrorCode.LLM_FAILED, "timed out"))
+    assert decode(valid.kind, SID, valid.body, valid.headers) == TurnFailed(
+        SID, 1, "llm", ErrorCode.LLM_FAILED, "timed out"
+    )
+    forged = json.loads(valid.body)
+    forged["code"] = "llm_unavailable"
+    with pytest.raises(ContractError, match=r"turn\.failed"):
+        decode(valid.kind, SID, json.dumps(forged).encode(), valid.headers)

@@ -83,6 +83,8 @@ def test_stop_is_understood() -> None:
         {"sampleRate": "16000"},
         {"channels": 2},
         {"channels": 0},
+        {"channels": True},  # JSON true is not the number 1 (found by tests/e2e/test_fuzz.py)
+        {"channels": "1"},
     ],
 )
 def test_unsupported_audio_format_closes_with_1003(fields: dict[str, Any]) -> None:

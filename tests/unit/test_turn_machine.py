@@ -113,7 +113,7 @@ def test_events_of_another_turn_are_stale() -> None:
 def test_a_failed_reply_is_reported_with_its_code() -> None:
     machine = TurnMachine()
     ask(machine, "Hello.", 0.0, number=1)
-    assert machine.reply_failed(1, "tts_failed", "no such voice") == [
+    assert machine.reply_failed(1, ErrorCode.TTS_FAILED, "no such voice") == [
         Error(ErrorCode.TTS_FAILED, "no such voice")
     ]
 
