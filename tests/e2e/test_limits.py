@@ -129,16 +129,19 @@ class StalledClient:
         return [json.loads(bytes(f.data)) for f in self.frames if f.opcode is Opcode.TEXT]
 
 
+# The close frame waits up to VF_SEND_TIMEOUT_S for the client to read again. With 2 s, a test
+# slowed by a loaded machine may start reading after that and find the connection dropped
+# without it (as documented); with 120 s it is always there to read.
 @pytest.mark.parametrize(
-    "limit",
+    ("limit", "close_frame_certain"),
     [
-        {"VF_SEND_TIMEOUT_S": "2"},  # a send blocked that long
-        {"VF_SEND_QUEUE_MAX_BYTES": "65536", "VF_SEND_TIMEOUT_S": "120"},  # that much waiting
+        ({"VF_SEND_TIMEOUT_S": "2"}, False),  # a send blocked that long
+        ({"VF_SEND_QUEUE_MAX_BYTES": "65536", "VF_SEND_TIMEOUT_S": "120"}, True),  # that much
     ],
     ids=["send-timeout", "send-queue"],
 )
 async def test_a_client_that_stops_reading_is_closed_with_1013_and_its_session_freed(
-    fleet: Fleet, limit: dict[str, str]
+    fleet: Fleet, limit: dict[str, str], close_frame_certain: bool
 ) -> None:
     # A small kernel send buffer, so that a reply or two fills what the kernel holds for it; and
     # keepalive pings (unanswered by a client that does not read) later than the limit under test.
@@ -160,14 +163,15 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_and_its_session_f
             await asyncio.gather(talking, return_exceptions=True)
         await client.read_to_the_end()
 
-        assert client.protocol.close_rcvd is not None, (
-            client.protocol.state,
-            client.protocol.parser_exc,
-            client.protocol.close_sent,
-            len(client.frames),
-        )
-        assert client.protocol.close_rcvd.code == 1013
-        assert client.protocol.close_rcvd.reason == "slow_client"
+        if close_frame_certain or client.protocol.close_rcvd is not None:
+            assert client.protocol.close_rcvd is not None, (
+                client.protocol.state,
+                client.protocol.parser_exc,
+                client.protocol.close_sent,
+                len(client.frames),
+            )
+            assert client.protocol.close_rcvd.code == 1013
+            assert client.protocol.close_rcvd.reason == "slow_client"
         ready = client.texts()[0]
         assert ready["type"] == "ready"
         session_id = str(ready["sessionId"])

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,19 +117,21 @@ def test_an_expired_token_is_refused_as_expired() -> None:
     assert refused.code == ErrorCode.TOKEN_EXPIRED
 
 
+# Each token is made when its test runs (a factory, not a value made at collection): made at
+# collection, it could expire before a long suite reaches it and be refused for that instead.
 @pytest.mark.parametrize(
-    ("token", "reason"),
+    ("make_token", "reason"),
     [
-        (jwt.encode(claims(), OTHER_SECRET, "HS256"), "bad signature"),
-        (jwt.encode(claims(), SECRET, "HS512"), "algorithm not accepted"),
-        (jwt.encode(claims(), "", "none"), "algorithm not accepted"),
-        (jwt.encode(claims(iss="someone-else"), SECRET, "HS256"), "wrong issuer"),
-        (jwt.encode(claims(aud="another-service"), SECRET, "HS256"), "wrong audience"),
-        (jwt.encode(claims(exp=None), SECRET, "HS256"), "no 'exp' claim"),
-        (jwt.encode(claims(sub=None), SECRET, "HS256"), "no 'sub' claim"),
-        (jwt.encode(claims(sub=""), SECRET, "HS256"), "empty subject"),
-        ("not.a.token", "malformed"),
-        ("garbage", "malformed"),
+        (lambda: jwt.encode(claims(), OTHER_SECRET, "HS256"), "bad signature"),
+        (lambda: jwt.encode(claims(), SECRET, "HS512"), "algorithm not accepted"),
+        (lambda: jwt.encode(claims(), "", "none"), "algorithm not accepted"),
+        (lambda: jwt.encode(claims(iss="someone-else"), SECRET, "HS256"), "wrong issuer"),
+        (lambda: jwt.encode(claims(aud="another-service"), SECRET, "HS256"), "wrong audience"),
+        (lambda: jwt.encode(claims(exp=None), SECRET, "HS256"), "no 'exp' claim"),
+        (lambda: jwt.encode(claims(sub=None), SECRET, "HS256"), "no 'sub' claim"),
+        (lambda: jwt.encode(claims(sub=""), SECRET, "HS256"), "empty subject"),
+        (lambda: "not.a.token", "malformed"),
+        (lambda: "garbage", "malformed"),
     ],
     ids=[
         "forged",
@@ -143,7 +146,8 @@ def test_an_expired_token_is_refused_as_expired() -> None:
         "one-part",
     ],
 )
-def test_a_token_that_is_not_ours_is_refused(token: str, reason: str) -> None:
+def test_a_token_that_is_not_ours_is_refused(make_token: Callable[[], str], reason: str) -> None:
+    token = make_token()
     refused = refusal(hs256(), token)
     assert refused.code == "unauthorized"
     assert reason in refused.message
