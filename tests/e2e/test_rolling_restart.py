@@ -20,7 +20,7 @@ QUESTIONS = ("What is the capital of France?", "How far away is the moon?")
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
-    with running_fleet("e2e-rolling", stt=2, llm=2, tts=2, drain_timeout_s="15") as running:
+    with running_fleet("e2e-rolling", stt=2, llm=2, tts=2, drain_timeout_s="30") as running:
         yield running
 
 
