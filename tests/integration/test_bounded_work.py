@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
@@ -16,26 +15,17 @@ from aio_pika.abc import AbstractIncomingMessage
 from fleet.contracts import SessionOpen, TtsRequest, TurnRequest
 from fleet.settings import Settings
 from fleet.topology import Bus, TopologyMismatch, decode_incoming
-from voicefleet.namespaces import delete_namespace
 
 SID = "sess-bounded-1"
 
 
 @pytest.fixture
-def bounded() -> Settings:
+def settings() -> Settings:
+    """This module's fleet: waiting work expires after 1 s, and at most 2 wait per queue (the
+    shared ``bus`` fixture connects with it)."""
     return Settings(
         namespace=f"t{uuid.uuid4().hex[:10]}", log_json=False, work_ttl_s=1, work_max_length=2
     )
-
-
-@pytest.fixture
-async def bounded_bus(bounded: Settings) -> AsyncIterator[Bus]:
-    bus = await Bus.connect(bounded, f"test-{bounded.namespace}")
-    try:
-        yield bus
-    finally:
-        await bus.close()
-        await delete_namespace(bounded)
 
 
 class DeadLetters:
@@ -52,10 +42,10 @@ class DeadLetters:
 
 
 @pytest.fixture
-async def dead_letters(bounded_bus: Bus) -> DeadLetters:
+async def dead_letters(bus: Bus) -> DeadLetters:
     found = DeadLetters()
-    channel = await bounded_bus.channel(prefetch=0)
-    queue = await channel.get_queue(bounded_bus.names.dead_letter_queue)
+    channel = await bus.channel(prefetch=0)
+    queue = await channel.get_queue(bus.names.dead_letter_queue)
     await queue.consume(found.received.put, no_ack=True)
     return found
 
@@ -70,42 +60,42 @@ async def waiting(bus: Bus, queue: str) -> int:
 
 
 async def test_a_turn_nobody_takes_in_time_is_dead_lettered_unanswered(
-    bounded_bus: Bus, dead_letters: DeadLetters
+    bus: Bus, dead_letters: DeadLetters
 ) -> None:
-    await bounded_bus.publish(TurnRequest(SID, 1, "hello?"))
-    await bounded_bus.publish(TtsRequest(SID, 1, 0, "Hello."))
+    await bus.publish(TurnRequest(SID, 1, "hello?"))
+    await bus.publish(TtsRequest(SID, 1, 0, "Hello."))
 
     found = {await dead_letters.next(), await dead_letters.next()}
 
     assert found == {
-        (TurnRequest(SID, 1, "hello?"), bounded_bus.names.llm_turns, "expired"),
-        (TtsRequest(SID, 1, 0, "Hello."), bounded_bus.names.tts_jobs, "expired"),
+        (TurnRequest(SID, 1, "hello?"), bus.names.llm_turns, "expired"),
+        (TtsRequest(SID, 1, 0, "Hello."), bus.names.tts_jobs, "expired"),
     }
 
 
 async def test_beyond_the_length_limit_the_oldest_work_is_dead_lettered(
-    bounded_bus: Bus, dead_letters: DeadLetters
+    bus: Bus, dead_letters: DeadLetters
 ) -> None:
-    # Leases do not expire (a redelivered one keeps its first enqueue time) but are bounded.
+    # Leases do not expire (a redelivered one keeps its first enqueue time) but are settings.
     for stream in ("s1", "s2", "s3"):
-        await bounded_bus.publish(SessionOpen(SID, stream, "gateway-1", "en"))
+        await bus.publish(SessionOpen(SID, stream, "gateway-1", "en"))
     oldest = await dead_letters.next()
     assert oldest == (
         SessionOpen(SID, "s1", "gateway-1", "en"),
-        bounded_bus.names.stt_sessions,
+        bus.names.stt_sessions,
         "maxlen",
     )
-    assert await waiting(bounded_bus, bounded_bus.names.stt_sessions) == 2
+    assert await waiting(bus, bus.names.stt_sessions) == 2
 
 
 async def test_a_queue_declared_with_other_bounds_is_a_clear_error(
-    bounded_bus: Bus, bounded: Settings
+    bus: Bus, settings: Settings
 ) -> None:
-    other = bounded.model_copy(update={"work_max_length": 3})
+    other = settings.model_copy(update={"work_max_length": 3})
     with pytest.raises(TopologyMismatch, match=r"docs/deploy\.md"):
         await Bus.connect(other, "test-other-bounds")
     # The queues as they were are untouched.
-    assert await waiting(bounded_bus, bounded_bus.names.llm_turns) == 0
-    async with await aio_pika.connect(bounded.amqp_url) as connection:
+    assert await waiting(bus, bus.names.llm_turns) == 0
+    async with await aio_pika.connect(settings.amqp_url) as connection:
         channel = await connection.channel()
-        await channel.declare_queue(bounded_bus.names.llm_turns, passive=True)
+        await channel.declare_queue(bus.names.llm_turns, passive=True)
