@@ -87,15 +87,22 @@ async def dead_letter_queue_is_empty(bus: Bus) -> bool:
         await channel.close()
 
 
+class TurnsHandled:
+    """A worker's turn handler that records what it was given."""
+
+    def __init__(self) -> None:
+        self.handled: list[TurnRequest] = []
+        self.served = asyncio.Event()
+
+    async def __call__(self, turn: TurnRequest) -> None:
+        self.handled.append(turn)
+        self.served.set()
+
+
 async def test_poison_messages_are_dead_lettered_and_the_worker_keeps_serving(
     settings: Settings, bus: Bus, store: SessionStore
 ) -> None:
-    handled: list[TurnRequest] = []
-    served = asyncio.Event()
-
-    async def handler(turn: TurnRequest) -> None:
-        handled.append(turn)
-        served.set()
+    handler = TurnsHandled()
 
     queue_name = bus.names.llm_turns
     malformed_before = dead_lettered_total(queue_name, "malformed")
@@ -126,11 +133,11 @@ async def test_poison_messages_are_dead_lettered_and_the_worker_keeps_serving(
         )
         # A valid turn afterwards is still served.
         await bus.publish(TurnRequest(SID, 1, "What time is it?"))
-        await asyncio.wait_for(served.wait(), timeout=10)
+        await asyncio.wait_for(handler.served.wait(), timeout=10)
 
         dead = await dead_letters(bus, 2)
 
-    assert handled == [TurnRequest(SID, 1, "What time is it?")]
+    assert handler.handled == [TurnRequest(SID, 1, "What time is it?")]
     assert {m.message_id for m in dead} == {"poison-malformed", "poison-wrong-kind"}
     for message in dead:
         deaths = message.headers["x-death"]
@@ -244,12 +251,7 @@ async def test_poison_with_a_forged_x_death_header_is_dead_lettered_without_cras
     """RabbitMQ crashes the queue when it dead-letters a message whose ``x-death`` is not a list
     of tables (found by tests/e2e/test_fuzz.py); the worker puts a copy in the dead letters and
     the queue keeps taking and serving work."""
-    handled: list[TurnRequest] = []
-    served = asyncio.Event()
-
-    async def handler(turn: TurnRequest) -> None:
-        handled.append(turn)
-        served.set()
+    handler = TurnsHandled()
 
     queue_name = bus.names.llm_turns
     forgeries: list[Any] = [[1, 2], "not a list", [{"queue": "q"}, 7]]
@@ -267,9 +269,9 @@ async def test_poison_with_a_forged_x_death_header_is_dead_lettered_without_cras
             )
         dead = await dead_letters(bus, 3)
         await bus.publish(TurnRequest(SID, 1, "Still there?"))  # confirmed: the queue is up
-        await asyncio.wait_for(served.wait(), timeout=10)
+        await asyncio.wait_for(handler.served.wait(), timeout=10)
 
-    assert handled == [TurnRequest(SID, 1, "Still there?")]
+    assert handler.handled == [TurnRequest(SID, 1, "Still there?")]
     assert {m.message_id for m in dead} == {f"poison-forged-{i}" for i in range(3)}
     for message in dead:
         assert message.headers["x-vf-dead-lettered-from"] == queue_name
