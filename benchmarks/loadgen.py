@@ -275,8 +275,27 @@ class TurnRecord:
     ttfa_s: float | None
     last_audio_s: float | None
     reply_audio_s: float
+    stall_s: float = 0.0  # how long a client playing from the first audio at real time starves
     question: str = ""
     transcript: str = ""
+
+
+def playback_stall(arrivals: list[tuple[float, float]]) -> float:
+    """Seconds a player starting at the first chunk's arrival waits for audio not yet there.
+
+    ``arrivals`` are (arrival time, seconds of audio) per chunk, in order. The player plays at
+    real time and pauses whenever its buffer runs dry, until the next chunk arrives.
+    """
+    stalled = 0.0
+    played_until: float | None = None
+    for arrived, seconds in arrivals:
+        if played_until is None:
+            played_until = arrived
+        elif arrived > played_until:
+            stalled += arrived - played_until
+            played_until = arrived
+        played_until += seconds
+    return stalled
 
 
 async def synthesize_questions() -> list[bytes]:
@@ -420,6 +439,13 @@ async def simulate_person(
                     if isinstance(r.data, bytes)
                 )
                 record.reply_audio_s = audio_bytes / (OUTPUT_SAMPLE_RATE * 2)
+                record.stall_s = playback_stall(
+                    [
+                        (r.at, len(r.data) / (OUTPUT_SAMPLE_RATE * 2))
+                        for r in client.received[client.index_of(start) : client.index_of(end)]
+                        if isinstance(r.data, bytes)
+                    ]
+                )
                 errors = _turn_errors(client, mark)
                 record.ok = not errors
                 record.outcome = "ok" if record.ok else "failed"
@@ -466,12 +492,15 @@ def summarize(level: int, records: list[TurnRecord], elapsed: float) -> str:
     ttfa = [r.ttfa_s for r in ok if r.ttfa_s is not None]
     final = [r.final_s for r in ok if r.final_s is not None]
     last = [r.last_audio_s for r in ok if r.last_audio_s is not None]
+    reply_s = sum(r.reply_audio_s for r in ok)
+    stall_share = sum(r.stall_s for r in ok) / reply_s if reply_s else float("nan")
     return (
         f"sessions={level:3d} turns={len(records):4d} ok={len(ok):4d} lost={lost:3d} "
         f"failed={failed:3d} turns/s={len(ok) / elapsed:5.2f} | "
         f"final p50={percentile(final, 50):.2f}s p95={percentile(final, 95):.2f}s | "
         f"TTFA p50={percentile(ttfa, 50):.2f}s p95={percentile(ttfa, 95):.2f}s | "
-        f"last audio p50={percentile(last, 50):.2f}s p95={percentile(last, 95):.2f}s"
+        f"last audio p50={percentile(last, 50):.2f}s p95={percentile(last, 95):.2f}s | "
+        f"stall {stall_share:.1%} of reply time"
     )
 
 
