@@ -645,6 +645,21 @@ const ERROR_TEXT = {
   tts_failed: 'The assistant\'s voice failed for that turn.',
   unsupported_format: 'The server does not accept this audio format.',
   internal: 'The server hit an internal error.',
+  bad_message: 'The page sent a message the server could not read.',
+  unknown_type: 'The page sent a message of a kind the server does not know.',
+  already_started: 'The page tried to start a session that had already started.',
+  bad_frame: 'The page sent audio the server could not read.',
+  not_started: 'The page sent audio before starting the session.',
+  frame_too_big: 'The page sent an audio frame larger than the server accepts.',
+  message_too_big: 'The page sent a message larger than the server accepts.',
+  unavailable: 'The server lost its message broker or session store. Reconnecting will resume the conversation once it is back.',
+  start_timeout: 'The session did not start in time.',
+  too_many_connections: 'Too many connections from this address: close another tab or device first.',
+  too_many_errors: 'The server closed the connection after too many bad messages from this page.',
+  audio_too_fast: 'The page sent audio faster than real time.',
+  slow_client: 'This page did not keep up with the audio the server was sending.',
+  unsupported_language: 'The server does not recognize speech in that language.',
+  unknown_voice: 'The server does not have that voice.',
 };
 
 function onServerError(m) {

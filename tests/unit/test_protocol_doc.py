@@ -48,3 +48,10 @@ def test_the_close_code_table_names_the_errors_that_close_with_each_code() -> No
     for close, meaning in CLOSES:
         named = {word for word in re.findall(r"`(\w+)`", meaning) if word in set(ErrorCode)}
         assert named == {code for code, then in CLOSES_WITH.items() if then == int(close)}, close
+
+
+def test_the_browser_page_explains_every_error_code_in_words() -> None:
+    page = (Path(__file__).resolve().parents[2] / "gateway" / "static" / "app.js").read_text()
+    start = page.index("const ERROR_TEXT = {")
+    explained = page[start : page.index("};", start)]
+    assert sorted(re.findall(r"^  (\w+): '", explained, re.MULTILINE)) == sorted(ErrorCode)
