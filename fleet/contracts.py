@@ -225,7 +225,11 @@ class AudioOut:
 
 @dataclass(frozen=True, slots=True)
 class TurnFailed:
-    """A stage could not do its part of a turn; the gateway tells the client."""
+    """A stage could not do its part of a turn; the gateway tells the client.
+
+    With ``sentence``, that sentence of the reply is given up (its audio is missing or cut) and
+    the reply plays on with the next one.
+    """
 
     KIND: ClassVar[str] = "turn.failed"
     session_id: str
@@ -233,6 +237,7 @@ class TurnFailed:
     stage: str
     code: ErrorCode  # what the client is told: a documented code, or the message is malformed
     message: str
+    sentence: int | None = None
 
 
 # --- conversation log ------------------------------------------------------------------------

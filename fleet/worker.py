@@ -58,12 +58,17 @@ class Runtime:
         expects: type[M],
         handler: Callable[[M], Awaitable[None]],
         concurrency: int,
+        gave_up: Callable[[M], Awaitable[None]],
     ) -> None:
-        """Consume a work queue until SIGTERM, then finish what is in hand and return."""
+        """Consume a work queue until SIGTERM, then finish what is in hand and return.
+
+        ``gave_up`` is called for a job dead-lettered after ``VF_MAX_DELIVERIES`` failed
+        attempts: it tells the session what is missing, so that its turn does not wait forever.
+        """
 
         async def on_message(incoming: AbstractIncomingMessage) -> None:
             async with self.working():
-                await self.handle_job(route, incoming, expects, handler)
+                await self.handle_job(route, incoming, expects, handler, gave_up)
 
         await self.serve_queue(route, concurrency, on_message, self.drain)
 
@@ -142,6 +147,7 @@ class Runtime:
         incoming: AbstractIncomingMessage,
         expects: type[M],
         handler: Callable[[M], Awaitable[None]],
+        gave_up: Callable[[M], Awaitable[None]],
     ) -> None:
         message = await self.accept(route, incoming, expects)
         if message is None:
@@ -156,6 +162,10 @@ class Runtime:
             await self.dead_letter(
                 route, incoming, "too_many_deliveries", f"{deliveries - 1} attempts failed"
             )
+            try:
+                await gave_up(message)
+            except BrokerUnavailable as exc:
+                log.warning("gave_up_not_told", error=str(exc))
             return
         telemetry.JOBS_IN_FLIGHT.inc()
         try:

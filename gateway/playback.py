@@ -30,6 +30,7 @@ class ReplyAssembler:
     _next_sentence: int = 0
     _next_chunk: int = 0
     _pending: dict[tuple[int, int], AudioOut] = field(default_factory=dict)
+    _abandoned: set[int] = field(default_factory=set)  # sentences whose rest will never come
     _emitted: list[_Sentence] = field(default_factory=list)
 
     def add(self, audio: AudioOut) -> list[AudioOut]:
@@ -38,17 +39,38 @@ class ReplyAssembler:
         if audio.turn != self.turn or key < (self._next_sentence, self._next_chunk):
             return []
         self._pending.setdefault(key, audio)
+        return self._ready()
+
+    def abandon(self, sentence: int) -> list[AudioOut]:
+        """Sentence ``sentence`` ends with what has arrived of it (maybe nothing): its synthesis
+        was given up. Returns the chunks that can now be sent, in order, its end included as an
+        empty last chunk (so that a reply of given-up sentences still starts and ends)."""
+        if sentence >= self._next_sentence:
+            self._abandoned.add(sentence)
+        return self._ready()
+
+    def _ready(self) -> list[AudioOut]:
         ready: list[AudioOut] = []
-        while (self._next_sentence, self._next_chunk) in self._pending:
-            chunk = self._pending.pop((self._next_sentence, self._next_chunk))
-            ready.append(chunk)
-            self._record(chunk)
-            if chunk.last:
+        while True:
+            key = (self._next_sentence, self._next_chunk)
+            if key in self._pending:
+                chunk = self._pending.pop(key)
+                ready.append(chunk)
+                self._record(chunk)
+                ends_sentence = chunk.last
+            elif self._next_sentence in self._abandoned:
+                self._abandoned.discard(self._next_sentence)
+                end = AudioOut("", self.turn, self._next_sentence, self._next_chunk, True, b"")
+                ready.append(end)
+                self._record(end)
+                ends_sentence = True
+            else:
+                return ready
+            if ends_sentence:
                 self._next_sentence += 1
                 self._next_chunk = 0
             else:
                 self._next_chunk += 1
-        return ready
 
     def _record(self, chunk: AudioOut) -> None:
         if chunk.chunk == 0:

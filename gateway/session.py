@@ -458,8 +458,10 @@ class ClientConnection:
                 await self._execute(session, turns.reply_audio(message, now), now)
             case TurnDone(turn=turn, sentences=total):
                 await self._execute(session, turns.reply_done(turn, total), now)
-            case TurnFailed(turn=turn, code=code, message=text):
-                await self._execute(session, turns.reply_failed(turn, code, text), now)
+            case TurnFailed(turn=turn, code=code, message=text, sentence=sentence):
+                await self._execute(
+                    session, turns.reply_failed(turn, code, text, sentence, now), now
+                )
             case _:
                 pass  # another stream's lease events, or nothing a connection acts on
 

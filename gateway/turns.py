@@ -153,8 +153,11 @@ class TurnMachine:
         current = self._current(audio.turn)
         if current is None:
             return []
+        return self._play(current, current.reply.add(audio), now)
+
+    def _play(self, current: _Turn, chunks: list[AudioOut], now: float) -> list[Command]:
         commands: list[Command] = []
-        for chunk in current.reply.add(audio):
+        for chunk in chunks:
             if current.first_audio_at is None:
                 current.first_audio_at = now
                 commands.append(FirstAudio(now - current.started_at))
@@ -170,12 +173,18 @@ class TurnMachine:
         current.reply.finish(sentences)
         return self._finish_if_complete(current)
 
-    def reply_failed(self, turn: int, code: ErrorCode, message: str) -> list[Command]:
-        if self._current(turn) is None:
+    def reply_failed(
+        self, turn: int, code: ErrorCode, message: str, sentence: int | None, now: float
+    ) -> list[Command]:
+        current = self._current(turn)
+        if current is None:
             return []
         # The contract admits documented codes only (a TurnFailed with another is malformed and
         # dropped before it gets here), so a client is never sent an undocumented code.
-        return [Error(ErrorCode(code), message)]
+        commands: list[Command] = [Error(ErrorCode(code), message)]
+        if sentence is not None:
+            commands += self._play(current, current.reply.abandon(sentence), now)
+        return commands
 
     def closed(self) -> list[Command]:
         """The connection ended: a reply not yet recorded is recorded as far as it was sent,

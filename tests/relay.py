@@ -61,7 +61,6 @@ class Relay:
 
     def accept(self) -> None:
         self._refusing = False
-        self._held: dict[socket.socket, bytearray] = {}  # client -> reply bytes not yet passed on
 
     def release(self) -> None:
         """Pass on what ``hold_after_first_sentence`` held, and stop holding."""

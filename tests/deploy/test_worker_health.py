@@ -88,7 +88,9 @@ async def test_ready_only_while_consuming_not_while_draining() -> None:
         assert (status, body.strip()) == (503, "not consuming yet (models loading)")
         assert await aprobe(port, "/livez") == (200, "live\n")
 
-        serving = asyncio.create_task(runtime.serve_jobs(Route.LLM_TURNS, TurnRequest, _ignore, 1))
+        serving = asyncio.create_task(
+            runtime.serve_jobs(Route.LLM_TURNS, TurnRequest, _ignore, 1, gave_up=_ignore)
+        )
         await runtime.consuming.wait()
         assert await aprobe(port, "/readyz") == (200, "ready\n")
 
@@ -104,7 +106,9 @@ async def test_not_ready_without_redis_or_broker(
 ) -> None:
     broker, redis_server = private_services
     async with worker(amqp_url=broker.url, redis_url=redis_server.url) as (runtime, port):
-        serving = asyncio.create_task(runtime.serve_jobs(Route.LLM_TURNS, TurnRequest, _ignore, 1))
+        serving = asyncio.create_task(
+            runtime.serve_jobs(Route.LLM_TURNS, TurnRequest, _ignore, 1, gave_up=_ignore)
+        )
         await runtime.consuming.wait()
         assert (await aprobe(port, "/readyz"))[0] == 200
 

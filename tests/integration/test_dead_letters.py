@@ -29,12 +29,20 @@ def dead_lettered_total(queue: str, reason: str) -> float:
 
 @asynccontextmanager
 async def llm_worker(
-    settings: Settings, handler: Callable[[TurnRequest], Awaitable[None]]
+    settings: Settings,
+    handler: Callable[[TurnRequest], Awaitable[None]],
+    given_up: list[TurnRequest] | None = None,
 ) -> AsyncIterator[Runtime]:
-    """A Runtime serving llm.turns with ``handler``, stopped the way SIGTERM stops it."""
+    """A Runtime serving llm.turns with ``handler``, stopped the way SIGTERM stops it; the jobs
+    it gives up on go to ``given_up``."""
+    gave_up_on = [] if given_up is None else given_up
+
+    async def gave_up(turn: TurnRequest) -> None:
+        gave_up_on.append(turn)
+
     async with start_runtime(settings, "llm", f"llm-test-{uuid.uuid4().hex[:6]}") as runtime:
         serving = asyncio.create_task(
-            runtime.serve_jobs(Route.LLM_TURNS, TurnRequest, handler, concurrency=2)
+            runtime.serve_jobs(Route.LLM_TURNS, TurnRequest, handler, 2, gave_up=gave_up)
         )
         try:
             yield runtime
@@ -182,14 +190,16 @@ async def test_a_job_that_always_fails_is_dead_lettered_after_max_deliveries(
     queue_name = bus.names.llm_turns
     before = dead_lettered_total(queue_name, "too_many_deliveries")
     failing = TurnRequest(SID, 1, "This one always fails.")
+    given_up: list[TurnRequest] = []
 
-    async with llm_worker(settings, handler):
+    async with llm_worker(settings, handler, given_up):
         await bus.publish(failing)
         dead = await dead_letters(bus, 1)
         await caught_up_with(bus, caught_up)  # no further redelivery after the dead-lettering
 
     assert len(attempts) == settings.max_deliveries
     assert all(a == failing for a in attempts)
+    assert given_up == [failing]  # so the worker tells the session its reply is missing
     assert decode_incoming(dead[0]) == failing  # intact, so it can be inspected or replayed
     assert dead_lettered_total(queue_name, "too_many_deliveries") == before + 1
     assert await dead_letter_queue_is_empty(bus)

@@ -151,7 +151,9 @@ async def test_a_worker_serves_over_amqps_and_rediss(tls_services: TlsServices) 
         served.set()
 
     async with start_runtime(settings, "llm", "tls-worker") as runtime:
-        serving = asyncio.create_task(runtime.serve_jobs(Route.LLM_TURNS, TurnRequest, handle, 1))
+        serving = asyncio.create_task(
+            runtime.serve_jobs(Route.LLM_TURNS, TurnRequest, handle, 1, gave_up=handle)
+        )
         await runtime.consuming.wait()
         # Ready: broker over TLS up, Redis over TLS answering.
         assert await aprobe(health, "/readyz") == (200, "ready\n")

@@ -107,15 +107,57 @@ def test_events_of_another_turn_are_stale() -> None:
     assert machine.reply_text(4, 0, "old") == []
     assert machine.reply_audio(reply_audio(4, 0, 1.0, ONCE), 0.5) == []
     assert machine.reply_done(4, sentences=1) == []
-    assert machine.reply_failed(4, ErrorCode.LLM_FAILED, "old") == []
+    assert machine.reply_failed(4, ErrorCode.LLM_FAILED, "old", None, 0.5) == []
 
 
 def test_a_failed_reply_is_reported_with_its_code() -> None:
     machine = TurnMachine()
     ask(machine, "Hello.", 0.0, number=1)
-    assert machine.reply_failed(1, ErrorCode.TTS_FAILED, "no such voice") == [
-        Error(ErrorCode.TTS_FAILED, "no such voice")
+    assert machine.reply_failed(1, ErrorCode.LLM_FAILED, "timed out", None, 0.5) == [
+        Error(ErrorCode.LLM_FAILED, "timed out")
     ]
+
+
+def test_a_sentence_given_up_is_skipped_and_the_reply_plays_on_to_its_end() -> None:
+    machine = TurnMachine()
+    ask(machine, "Tell me a story.", 0.0, number=1)
+    # The third sentence arrives first; the second's synthesis is given up after one chunk.
+    assert machine.reply_audio(reply_audio(1, 2, 1.0, THE_END), 0.5) == []
+    first = machine.reply_audio(reply_audio(1, 0, 1.0, ONCE), 1.0)
+    assert of_type(first, SendAudio) == [SendAudio(bytes(48000))]
+    cut = AudioOut(SID, 1, 1, 0, False, bytes(24000), "And then")
+    assert machine.reply_audio(cut, 1.2) == [SendAudio(bytes(24000))]
+    machine.reply_done(1, sentences=3)
+
+    given_up = machine.reply_failed(1, ErrorCode.TTS_FAILED, "gave up", 1, 1.5)
+    assert given_up[0] == Error(ErrorCode.TTS_FAILED, "gave up")
+    assert of_type(given_up, SendAudio) == [SendAudio(bytes(48000))]  # the third sentence
+    assert of_type(given_up, AudioEnd) == [AudioEnd(1)]
+    # A late chunk of the given-up sentence (a retry still running) is never played.
+    assert machine.reply_audio(AudioOut(SID, 1, 1, 1, True, bytes(9), ""), 1.6) == []
+
+
+def test_a_reply_whose_every_sentence_was_given_up_still_starts_and_ends() -> None:
+    machine = TurnMachine()
+    ask(machine, "Hello.", 0.0, number=1)
+    machine.reply_done(1, sentences=1)
+    given_up = machine.reply_failed(1, ErrorCode.TTS_FAILED, "no such voice", 0, 0.5)
+    assert of_type(given_up, AudioStart) == [AudioStart(24000, 1)]
+    assert of_type(given_up, SendAudio) == []
+    assert of_type(given_up, AudioEnd) == [AudioEnd(1)]
+
+
+def test_a_sentence_given_up_before_its_turn_to_play_is_skipped_when_reached() -> None:
+    machine = TurnMachine()
+    ask(machine, "Tell me a story.", 0.0, number=1)
+    assert (
+        of_type(machine.reply_failed(1, ErrorCode.TTS_FAILED, "gave up", 1, 0.5), SendAudio) == []
+    )
+    machine.reply_audio(reply_audio(1, 2, 1.0, THE_END), 0.6)
+    machine.reply_done(1, sentences=3)
+    played = machine.reply_audio(reply_audio(1, 0, 1.0, ONCE), 1.0)
+    assert of_type(played, SendAudio) == [SendAudio(bytes(48000))] * 2
+    assert of_type(played, AudioEnd) == [AudioEnd(1)]
 
 
 # --- barge-in --------------------------------------------------------------------------------

@@ -95,14 +95,21 @@ class LlmBridge:
                     await speak(sentences.push(delta))
             await speak(sentences.flush())
         except ChatError as exc:
-            telemetry.ERRORS.labels("llm", ErrorCode.LLM_FAILED).inc()
             log.error("chat_failed", error=str(exc))
-            await bus.publish(
-                TurnFailed(request.session_id, request.turn, "llm", ErrorCode.LLM_FAILED, str(exc))
-            )
+            await self.tell_failed(request, str(exc))
             # What was already sent to TTS still plays; the turn ends after it.
         await bus.publish(TurnDone(request.session_id, request.turn, " ".join(spoken), len(spoken)))
         log.info("turn_streamed", sentences=len(spoken), seconds=time.perf_counter() - started)
+
+    async def tell_failed(self, request: TurnRequest, reason: str) -> None:
+        telemetry.ERRORS.labels("llm", ErrorCode.LLM_FAILED).inc()
+        await self.runtime.bus.publish(
+            TurnFailed(request.session_id, request.turn, "llm", ErrorCode.LLM_FAILED, reason)
+        )
+
+    async def gave_up(self, request: TurnRequest) -> None:
+        """The turn gets no (more) reply; the client is told, and its next words start a turn."""
+        await self.tell_failed(request, "the reply failed on every attempt")
 
 
 def chat_model(settings: Settings) -> OpenAICompatibleChat:
@@ -120,7 +127,11 @@ def run() -> None:
         settings = runtime.settings
         bridge = LlmBridge(runtime, chat_model(settings))
         await runtime.serve_jobs(
-            Route.LLM_TURNS, TurnRequest, bridge.handle, settings.llm_concurrency
+            Route.LLM_TURNS,
+            TurnRequest,
+            bridge.handle,
+            settings.llm_concurrency,
+            gave_up=bridge.gave_up,
         )
 
     run_worker("llm", serve)

@@ -58,18 +58,28 @@ class TtsWorker:
                 )
                 chunk += 1
         except ValueError as exc:
-            # A request the provider cannot voice (unknown voice, say) is the caller's error:
-            # the sentence is skipped so the turn still plays in order, and the client is told.
-            telemetry.ERRORS.labels("tts", ErrorCode.TTS_FAILED).inc()
+            # A request the provider cannot voice (unknown voice, say) is the caller's error.
             log.error("sentence_failed", error=str(exc))
-            await bus.publish(
-                TurnFailed(request.session_id, request.turn, "tts", ErrorCode.TTS_FAILED, str(exc))
-            )
-            await bus.publish(
-                AudioOut(request.session_id, request.turn, request.sentence, chunk, True, b"")
-            )
+            await self.give_up(request, str(exc))
         finally:
             turns.release(request.session_id, superseded)
+
+    async def give_up(self, request: TtsRequest, reason: str) -> None:
+        """The sentence is skipped, so that the turn still plays in order, and the client told."""
+        telemetry.ERRORS.labels("tts", ErrorCode.TTS_FAILED).inc()
+        await self.runtime.bus.publish(
+            TurnFailed(
+                request.session_id,
+                request.turn,
+                "tts",
+                ErrorCode.TTS_FAILED,
+                reason,
+                sentence=request.sentence,
+            )
+        )
+
+    async def gave_up(self, request: TtsRequest) -> None:
+        await self.give_up(request, f"sentence {request.sentence} failed on every attempt")
 
 
 # Spoken once at start, before the worker takes jobs.
@@ -113,7 +123,11 @@ def run() -> None:
         await warm_up(synthesizer, runtime.settings.tts_voice)
         worker = TtsWorker(runtime, synthesizer)
         await runtime.serve_jobs(
-            Route.TTS_JOBS, TtsRequest, worker.handle, runtime.settings.tts_concurrency
+            Route.TTS_JOBS,
+            TtsRequest,
+            worker.handle,
+            runtime.settings.tts_concurrency,
+            gave_up=worker.gave_up,
         )
 
     run_worker("tts", serve)
