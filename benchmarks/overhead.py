@@ -179,7 +179,9 @@ async def inprocess_turn(
 
     async def reply(text: str) -> None:
         messages = build_messages(settings.llm_system_prompt, [], text)
-        pieces = SentenceBuffer(settings.llm_first_clause_chars)
+        pieces = SentenceBuffer(
+            settings.llm_first_clause_chars, first_piece_words=settings.llm_first_piece_words
+        )
         spoken: list[asyncio.Task[None]] = []
         texts: list[str] = []
 

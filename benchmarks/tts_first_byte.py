@@ -1,4 +1,7 @@
-"""Kokoro time to first byte and real-time factor, for a first clause and a whole sentence.
+"""Kokoro time to first byte and real-time factor, by the length of the piece spoken.
+
+The ladder of lengths is what the first piece of a reply is cut to (VF_LLM_FIRST_PIECE_WORDS):
+the first byte of a piece waits for the synthesis of all of it.
 
 TTFB = from asking the provider for speech to its first PCM chunk; RTF = synthesis time /
 audio duration (below 1 means faster than real time). One warm-up run each, then the
@@ -17,12 +20,8 @@ import time
 from fleet.settings import get_settings
 from workers.tts.providers import SpeechSynthesizer, create_synthesizer
 
-TEXTS = {
-    "clause (5 words)": "Sure, the weather looks lovely,",
-    "sentence (15 words)": (
-        "Paris is the capital of France and it is famous for its museums and cafes."
-    ),
-}
+SENTENCE = "Paris is the capital of France and it is famous for its museums and its cafes."
+TEXTS = {f"{n} words": " ".join(SENTENCE.split()[:n]) for n in (2, 3, 4, 5, 6, 8, 10, 16)}
 
 
 async def measure(synthesizer: SpeechSynthesizer, text: str, voice: str) -> tuple[float, float]:

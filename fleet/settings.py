@@ -286,6 +286,13 @@ class Settings(BaseSettings):
         description="The first piece of a reply goes to TTS at a clause boundary once it has "
         "this many characters, instead of waiting for the end of the sentence.",
     )
+    llm_first_piece_words: int = Field(
+        5,
+        ge=0,
+        description="With no clause or sentence end by then, the first piece of a reply goes to "
+        "TTS at the first word boundary from this many words on (not after a word such as "
+        "'the' or 'and' that leans on the next); 0 waits for a clause or sentence end.",
+    )
     llm_timeout_s: float = Field(60.0, description="Timeout of one chat request (s).")
 
     # --- TTS worker ----------------------------------------------------------------------------

@@ -59,7 +59,12 @@ async def tts_requests(bus: Bus, session: str, count: int) -> list[TtsRequest]:
 
 
 async def spoken_pieces(
-    settings: Settings, bus: Bus, store: SessionStore, url: str, first_clause_chars: int
+    settings: Settings,
+    bus: Bus,
+    store: SessionStore,
+    url: str,
+    first_clause_chars: int,
+    first_piece_words: int = 0,
 ) -> tuple[list[str], list[str]]:
     """The reply to STORY as deltas from the model and as the pieces sent to TTS."""
     session = uuid.uuid4().hex
@@ -70,6 +75,7 @@ async def spoken_pieces(
         update={
             "llm_url": url,
             "llm_first_clause_chars": first_clause_chars,
+            "llm_first_piece_words": first_piece_words,
             "llm_temperature": 0.0,  # the same reply in both runs
             "llm_max_tokens": 60,
             "llm_system_prompt": STORYTELLER,
@@ -101,6 +107,21 @@ async def test_first_clause_chars_setting_is_where_the_first_piece_may_end(
     assert early[0][-1] in CLAUSE_MARKS, early
     assert late[0][-1] in ".!?…", late
     assert late[0].startswith(early[0]) and len(early[0]) < len(late[0]), (early, late)
+
+
+async def test_first_piece_words_setting_cuts_a_first_piece_without_a_clause_between_words(
+    settings: Settings, bus: Bus, store: SessionStore, chat_server: tuple[FleetProcess, str]
+) -> None:
+    _, url = chat_server
+    cut_deltas, cut = await spoken_pieces(settings, bus, store, url, 300, first_piece_words=3)
+    whole_deltas, whole = await spoken_pieces(settings, bus, store, url, 300, first_piece_words=0)
+    assert cut_deltas == whole_deltas, "temperature 0: the model said the same both times"
+    assert " ".join(cut) == " ".join(whole), "the same words reach TTS either way"
+    # Made to wait for a sentence end, the first piece is a whole sentence; allowed to leave
+    # after three words, it leaves at a word boundary within that sentence.
+    assert whole[0][-1] in ".!?…", whole
+    assert len(cut[0].split()) >= 3 and cut[0][-1] not in ".!?…", cut
+    assert whole[0].startswith(cut[0] + " "), (cut, whole)
 
 
 async def test_timeout_setting_bounds_the_wait_for_a_busy_chat_server(

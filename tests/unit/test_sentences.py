@@ -238,3 +238,63 @@ def test_flush_empties_the_buffer() -> None:
 def test_invalid_limits(first: int, max_chars: int) -> None:
     with pytest.raises(ValueError):
         SentenceBuffer(first, max_chars=max_chars)
+
+
+def released_with_words(deltas: list[str], first_piece_words: int) -> list[tuple[int, str]]:
+    buffer = SentenceBuffer(NO_CLAUSE, first_piece_words=first_piece_words)
+    out = [(i, piece) for i, delta in enumerate(deltas) for piece in buffer.push(delta)]
+    return out + [(len(deltas), piece) for piece in buffer.flush()]
+
+
+def test_a_first_sentence_without_an_early_clause_goes_out_after_a_few_words() -> None:
+    deltas = [" Once", " upon", " a", " time", " there", " lived", " a", " knight", "."]
+    assert released_with_words(deltas, first_piece_words=4) == [
+        # "time" is the fourth word; it is whole once the next delta starts with a space.
+        (4, "Once upon a time"),
+        (9, "there lived a knight."),
+    ]
+
+
+def test_the_first_piece_never_ends_on_a_word_that_leans_on_the_next() -> None:
+    deltas = [" I", " think", " that", " the", " answer", " is", " yes", " and", " no", "."]
+    assert released_with_words(deltas, first_piece_words=3) == [
+        (5, "I think that the answer"),  # not after "that" or "the"
+        (10, "is yes and no."),
+    ]
+
+
+def test_a_sentence_shorter_than_the_word_count_goes_out_whole() -> None:
+    deltas = [" Hi", " there", "!", " How", " are", " you", " doing", " today", "?"]
+    assert released_with_words(deltas, first_piece_words=5) == [
+        (2, "Hi there!"),
+        (8, "How are you doing today?"),  # only the first piece is cut between words
+    ]
+
+
+def test_no_word_is_ever_split_and_no_text_lost_by_word_cuts() -> None:
+    reply = (
+        "Once upon a time in a quiet village by the sea there lived a brave knight who "
+        "loved dragons. He rode out every morning at dawn; the dragon waited, patient and "
+        "kind, on the cliffs above the harbour where the fishing boats came and went all day "
+        "long, and the two of them talked until the sun went down. The end."
+    )
+    for deltas in chunkings(reply).values():
+        buffer = SentenceBuffer(24, first_piece_words=5)
+        pieces = [p for d in deltas for p in buffer.push(d)] + buffer.flush()
+        assert " ".join(pieces) == reply
+        # Five words, and the two after that lean on the next: "in a".
+        assert pieces[0] == "Once upon a time in a quiet", deltas
+
+
+def test_a_long_later_sentence_is_cut_at_its_clauses() -> None:
+    long_sentence = (
+        "The dragon waited on the cliffs above the harbour where the fishing boats came and "
+        "went all day long, and the two friends talked until the sun went down."
+    )
+    pieces = feed(SentenceBuffer(NO_CLAUSE), list("First. " + long_sentence))
+    assert pieces == [
+        "First.",
+        "The dragon waited on the cliffs above the harbour where the fishing boats came and "
+        "went all day long,",
+        "and the two friends talked until the sun went down.",
+    ]

@@ -63,7 +63,10 @@ class LlmBridge:
         bus = self.runtime.bus
         history = await self.runtime.store.history(request.session_id)
         messages = build_messages(self.settings.llm_system_prompt, history, request.text)
-        sentences = SentenceBuffer(self.settings.llm_first_clause_chars)
+        sentences = SentenceBuffer(
+            self.settings.llm_first_clause_chars,
+            first_piece_words=self.settings.llm_first_piece_words,
+        )
         started = time.perf_counter()
         spoken: list[str] = []
         deltas_sent = 0

@@ -2,8 +2,10 @@
 
 The text arrives a few characters at a time. A piece leaves as soon as its end is certain,
 so the first audio of a reply does not wait for more of the reply than it needs. The first
-piece may end at a clause boundary instead of a sentence end: a short first clause is
-synthesized (and heard) sooner, and the rest of the reply catches up behind it.
+piece may end at a clause boundary instead of a sentence end, or, when no clause ends soon,
+after a few words: synthesis of a piece must finish before its first byte plays, so a short
+first piece is heard sooner, and the rest of the reply catches up behind it. Later pieces are
+sentences; a long one is cut at its clauses, so that TTS workers can share it.
 
 Being unsure only ever costs a little latency (a piece waits for the next delta) or an extra
 cut; it never drops text, because every character that is not markup noise ends up in some
@@ -30,6 +32,18 @@ _NEVER_FINAL = frozenset(
 # These may end a sentence ("... apples, pears, etc. Then ..."), so a period after them is
 # taken as an end only when the next word is capitalized.
 _MAYBE_FINAL = frozenset({"etc", "inc", "ltd", "co", "corp", "approx"})
+# A first piece cut between words never ends on one of these: they lean on the next word, and
+# a pause after them sounds broken ("Once upon a | time").
+_LEANING_WORDS = frozenset(
+    """
+    a an the of to and or but nor in on at by for with from into onto as than that which who
+    whose is are was were be been am has have had do does did will would can could shall should
+    may might must not no my your his her its our their this these those very so if because
+    while when where about over under between i
+    """.split()  # noqa: SIM905 (a paragraph of words reads better than 70 quoted ones)
+)
+# Later sentences longer than this are cut at a clause mark (about 7 s of speech).
+_LONG_PIECE_CHARS = 100
 
 
 class _Verdict(Enum):
@@ -46,12 +60,19 @@ class SentenceBuffer:
     (punctuation only) are dropped.
     """
 
-    def __init__(self, first_clause_chars: int, *, max_chars: int = 400) -> None:
+    def __init__(
+        self, first_clause_chars: int, *, first_piece_words: int = 0, max_chars: int = 400
+    ) -> None:
+        """``first_piece_words``: with no clause or sentence end by then, the first piece ends
+        at the first word boundary from this many words on (0: it waits for one)."""
         if first_clause_chars < 1:
             raise ValueError("first_clause_chars must be at least 1")
+        if first_piece_words < 0:
+            raise ValueError("first_piece_words must not be negative")
         if max_chars <= first_clause_chars:
             raise ValueError("max_chars must be larger than first_clause_chars")
         self._first_clause_chars = first_clause_chars
+        self._first_piece_words = first_piece_words
         # A run-on reply without punctuation would otherwise reach TTS as one huge piece
         # (slow first byte, and beyond what Kokoro synthesizes in one pass).
         self._max_chars = max_chars
@@ -84,8 +105,12 @@ class SentenceBuffer:
         """Index just past the end of the first complete piece in the buffer, if there is one."""
         text = self._pending
         n = len(text)
+        # Whichever comes first: a sentence or clause end, or the first piece's word boundary.
+        word_cut = self._word_cut(text) if not self._started else None
         i = 0
         while i < n:
+            if word_cut is not None and i >= word_cut:
+                return word_cut
             ch = text[i]
             if ch == "\n":
                 return i + 1
@@ -103,7 +128,7 @@ class SentenceBuffer:
                     return end
                 i = run_end
                 continue
-            if ch in _CLAUSE_MARKS and not self._started:
+            if ch in _CLAUSE_MARKS:
                 verdict = self._clause_end(text, i)
                 if verdict is _Verdict.WAIT:
                     return None
@@ -112,7 +137,7 @@ class SentenceBuffer:
             i += 1
         if n > self._max_chars:
             return self._forced_cut(text)
-        return None
+        return word_cut
 
     def _sentence_end(self, text: str, start: int, run_end: int, end: int) -> _Verdict:
         """Decide whether the marks text[start:run_end] (closers up to `end`) end a sentence."""
@@ -138,7 +163,8 @@ class SentenceBuffer:
         return _Verdict.CUT
 
     def _clause_end(self, text: str, at: int) -> _Verdict:
-        if len(" ".join(text[: at + 1].split())) < self._first_clause_chars:
+        enough = self._first_clause_chars if not self._started else _LONG_PIECE_CHARS
+        if len(" ".join(text[: at + 1].split())) < enough:
             return _Verdict.NO
         if text[at] == "—":
             return _Verdict.CUT
@@ -146,6 +172,17 @@ class SentenceBuffer:
             # "1," may become "1,000" and "10:" "10:30"; after a word the clause is over.
             return _Verdict.WAIT if at > 0 and text[at - 1].isdigit() else _Verdict.CUT
         return _Verdict.CUT if text[at + 1].isspace() else _Verdict.NO
+
+    def _word_cut(self, text: str) -> int | None:
+        """Just past the first whole word, from the ``first_piece_words``-th on, that does not
+        lean on the next one; None while there is none yet (or no word cuts are made)."""
+        if not self._first_piece_words:
+            return None
+        for words, word in enumerate(re.finditer(r"\S+(?=\s)", text), start=1):
+            bare = word.group().strip(_OPENERS + "".join(_CLOSERS)).lower()
+            if words >= self._first_piece_words and bare not in _LEANING_WORDS:
+                return word.end()
+        return None
 
     def _forced_cut(self, text: str) -> int:
         window = text[: self._max_chars]
