@@ -128,18 +128,19 @@ class VllmServer:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def _missing() -> str:
+def vllm_missing() -> str | None:
+    """What of vLLM's environment is missing here, if anything."""
     for path, what in ((VLLM_PYTHON, "vLLM's environment"), (VLLM_WEIGHTS, "converted model")):
         if not path.exists():
-            return f"{what} missing at {path}: run scripts/bootstrap.sh --with-test-tools"
-    return ""
+            return f"{what} missing at {path}"
+    return None
 
 
 @contextlib.contextmanager
 def running_vllm(log_path: Path) -> Iterator[VllmServer]:
     """Start vLLM as the module docstring says; stopped when the block ends."""
-    if problem := _missing():
-        raise RuntimeError(problem)
+    if problem := vllm_missing():
+        raise RuntimeError(f"{problem}: run scripts/bootstrap.sh --with-test-tools")
     port = free_port()
     api_key = secrets.token_hex(16)
     served = flag_values(deployment_args())["--served-model-name"]

@@ -5,7 +5,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fleet_processes import ARTIFACTS, Fleet, running_fleet
-from tests.vllm_server import VllmServer, running_vllm
+from tests.prerequisites import require
+from tests.vllm_server import VllmServer, running_vllm, vllm_missing
 
 # Long enough that a long story is still being generated when the user talks over its first
 # sentences (the model runs it to the limit: about 15 s on an idle machine).
@@ -16,6 +17,7 @@ REPLY_TOKENS = 1000
 def vllm() -> Iterator[VllmServer]:
     """vLLM's CPU build with the deployment's arguments (tests/vllm_server.py); log in
     artifacts/vllm/server.log."""
+    require("vllm", vllm_missing())
     with running_vllm(ARTIFACTS / "vllm" / "server.log") as server:
         yield server
 
