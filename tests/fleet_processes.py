@@ -250,9 +250,11 @@ def running_fleet(
     tap_chat: bool = False,
     role_env: Mapping[str, Mapping[str, str]] | None = None,
     namespace: str = "",
+    llm_url: str = "",
     **overrides: str,
 ) -> Iterator[Fleet]:
-    """A whole fleet; the chat server is started too unless VF_LLM_URL points at one.
+    """A whole fleet; the chat server is started too unless ``llm_url`` or VF_LLM_URL points at
+    one.
 
     ``tap_chat`` puts a :class:`Relay` between the LLM bridges and the chat server.
     ``role_env`` gives the processes of a role ("gateway", "stt", "llm", "tts") more env;
@@ -261,7 +263,7 @@ def running_fleet(
     role_env = role_env or {}
     namespace = namespace or f"t{uuid.uuid4().hex[:10]}"
     gateway_ports = [free_port() for _ in range(gateways)]
-    external_llm = os.environ.get("VF_LLM_URL")
+    external_llm = llm_url or os.environ.get("VF_LLM_URL")
     llm_port = free_port()
     llm_url = external_llm or f"http://127.0.0.1:{llm_port}/v1"
     env = {

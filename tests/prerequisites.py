@@ -4,7 +4,8 @@ A missing RabbitMQ server, ``ip`` or Chromium must never turn a red suite green 
 ``scripts/bootstrap.sh --with-test-tools`` (run by ``scripts/test.sh``) installs all of them; a
 machine that truly cannot run one (no root for network namespaces, say) names it in
 ``VF_TEST_OPT_OUT`` (comma-separated: ``chaos``, ``multihost``, ``browser``, ``tls`` (a private
-RabbitMQ with TLS)), and only then are its tests skipped, with the reason.
+RabbitMQ with TLS), ``vllm`` (vLLM's CPU build, 3.4 GB)), and only then are its tests skipped, with
+the reason.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import pytest
 
 OPT_OUT = "VF_TEST_OPT_OUT"
-SUITES = ("chaos", "multihost", "browser", "tls")
+SUITES = ("chaos", "multihost", "browser", "tls", "vllm")
 
 
 def opted_out(suite: str) -> bool:

@@ -10,6 +10,9 @@ from voicefleet.client import Received, VoiceClient
 
 QUESTION = "What is the capital of France?"
 SECOND_QUESTION = "What colour is the sky?"
+# A request the small model answers at length (to its token limit), and a question to cut it off.
+LONG_REQUEST = "Please tell me a long story about a brave knight and a friendly dragon."
+INTERRUPTION = "Stop. What is two plus two?"
 
 
 @dataclass(frozen=True)

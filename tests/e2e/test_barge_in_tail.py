@@ -18,12 +18,11 @@ import pytest
 
 from tests.fleet_processes import Fleet, running_fleet
 from tests.speech import pcm, silence, speech, words
+from tests.voice_turns import INTERRUPTION, LONG_REQUEST
 from voicefleet.client import VoiceClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-LONG_REQUEST = "Please tell me a long story about a brave knight and a friendly dragon."
-INTERRUPTION = "Stop. What is two plus two?"
 OUTPUT_BYTES_PER_SECOND = 24000 * 2
 # What must be left to play when the whole reply has been sent: room for the recognizer to hear
 # the interruption start (it is streamed at real-time pace) on a loaded machine. A reply of five

@@ -25,11 +25,11 @@ from fleet.topology import Names
 from tests.fleet_processes import Fleet, FleetProcess
 from tests.role_processes import logged
 from tests.speech import pcm, silence, speech
+from tests.voice_turns import LONG_REQUEST
 from voicefleet.client import VoiceClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
-LONG_REQUEST = "Please tell me a long story about a brave knight and a friendly dragon."
 FRAME = 3200  # 100 ms of 16 kHz PCM16
 # What the LLM bridge logs when it is done with a turn.
 TURN_OVER = ("turn_streamed", "turn_cancelled_mid_stream", "stale_turn_skipped")

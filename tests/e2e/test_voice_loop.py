@@ -11,13 +11,12 @@ import pytest
 from tests.fleet_processes import Fleet
 from tests.replies import assert_nothing_of_a_cancelled_turn_after_its_cancel
 from tests.speech import likeness, pcm, silence, speech, transcribe_reply, words
+from tests.voice_turns import INTERRUPTION, LONG_REQUEST
 from voicefleet.client import VoiceClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 QUESTION = "What is the capital of France?"
-LONG_REQUEST = "Please tell me a long story about a brave knight and a friendly dragon."
-INTERRUPTION = "Stop. What is two plus two?"
 
 
 def turn_audio(client: VoiceClient, start_index: int, end_index: int) -> bytes:
