@@ -43,6 +43,17 @@ def _parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="bind address (0.0.0.0 to serve other hosts)"
     )
 
+    tts_provider = commands.add_parser(
+        "tts-provider",
+        help="serve a TTS model over HTTP for remote TTS workers (docs/tts-providers.md)",
+    )
+    tts_provider.add_argument("--provider", choices=["kokoro", "piper"], default="kokoro")
+    tts_provider.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    tts_provider.add_argument("--port", type=int, default=8090)
+    tts_provider.add_argument(
+        "--host", default="127.0.0.1", help="bind address (0.0.0.0 to serve other hosts)"
+    )
+
     commands.add_parser(
         "audit", help="audit the installed dependencies for known vulnerabilities (pip-audit)"
     )
@@ -65,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         _load("voicefleet.models:main")(check_only=args.check)
     elif args.command == "llm-server":
         _load("voicefleet.llm_server:main")(port=args.port, host=args.host)
+    elif args.command == "tts-provider":
+        _load("workers.tts.provider_server:main")(
+            provider=args.provider, device=args.device, host=args.host, port=args.port
+        )
     elif args.command == "audit":
         _load("voicefleet.audit:main")()
     elif args.command == "up":
