@@ -132,13 +132,16 @@ class ProviderService:
 async def _logged_stream(
     first: bytes, rest: AsyncGenerator[bytes], started: float, convert: bool, rate: int
 ) -> AsyncIterator[bytes]:
+    parts = 0
     try:
         if first:
             yield resample_pcm16(first, rate, OUTPUT_SAMPLE_RATE) if convert else first
+            parts = 1
             log.info("tts_first_part_sent", seconds=round(time.perf_counter() - started, 3))
         async for part in rest:
             yield resample_pcm16(part, rate, OUTPUT_SAMPLE_RATE) if convert else part
-        log.info("tts_stream_done", seconds=round(time.perf_counter() - started, 3))
+            parts += 1
+        log.info("tts_stream_done", parts=parts, seconds=round(time.perf_counter() - started, 3))
     finally:
         # A client that hung up stops synthesis after the part in progress.
         await rest.aclose()
