@@ -316,11 +316,11 @@ class Settings(BaseSettings):
     tts_providers: str = Field(
         "local",
         description="Comma-separated providers a TTS worker speaks through, in order of "
-        "preference (docs/tts-providers.md): `local` (VF_TTS_PROVIDER in this process), `remote` "
-        "(a provider server at VF_TTS_PROVIDER_URL), `openai` (VF_TTS_OPENAI_URL), `auto` (a local "
-        "GPU if CUDA is present, else a configured remote one while healthy, then local). A "
-        "sentence a provider fails is spoken "
-        "again, whole, by the next.",
+        "preference (docs/tts-providers.md): `local` (VF_TTS_PROVIDER in this process), "
+        "`remote` (a provider server at VF_TTS_PROVIDER_URL), `openai` (VF_TTS_OPENAI_URL), "
+        "`wyoming` (VF_TTS_WYOMING_URL), `elevenlabs`, `auto` (a local GPU if CUDA is present, "
+        "else a configured remote one while healthy, then local). A sentence a provider fails "
+        "is spoken again, whole, by the next.",
     )
     tts_provider_url: str = Field(
         "",
@@ -355,6 +355,25 @@ class Settings(BaseSettings):
     tts_openai_model: str = Field("tts-1", description="Model name sent to the `openai` provider.")
     tts_openai_api_key: SecretStr = Field(
         SecretStr("none"), description="API key of the `openai` provider."
+    )
+    tts_wyoming_url: str = Field(
+        "",
+        description="Address of the Wyoming TTS server (wyoming-piper, ...) of the `wyoming` "
+        "provider: tcp://host:port.",
+    )
+    tts_elevenlabs_url: str = Field(
+        "https://api.elevenlabs.io",
+        description="Base URL of the ElevenLabs API of the `elevenlabs` provider.",
+    )
+    tts_elevenlabs_api_key: SecretStr = Field(
+        SecretStr(""), description="ElevenLabs API key (`xi-api-key`) of the `elevenlabs` provider."
+    )
+    tts_elevenlabs_model: str = Field(
+        "eleven_flash_v2_5", description="ElevenLabs model (`model_id`)."
+    )
+    tts_elevenlabs_voice_id: str = Field(
+        "21m00Tcm4TlvDq8ikWAM",
+        description="ElevenLabs voice id spoken with, unless a request names a voice id itself.",
     )
 
     # --- delivery ------------------------------------------------------------------------------

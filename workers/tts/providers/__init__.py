@@ -52,6 +52,8 @@ def create_synthesizer(settings: Settings) -> SpeechSynthesizer:
 _SERVICE_PROVIDERS: dict[str, str] = {
     "remote": "workers.tts.providers.remote",
     "openai": "workers.tts.providers.openai_speech",
+    "wyoming": "workers.tts.providers.wyoming_protocol",
+    "elevenlabs": "workers.tts.providers.elevenlabs",
 }
 PROVIDER_LIST_ENTRIES = ("auto", "local", *_SERVICE_PROVIDERS)
 
