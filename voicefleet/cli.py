@@ -63,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--llm", type=int, default=1, help="LLM bridge replicas")
     up.add_argument("--tts", type=int, default=1, help="TTS worker replicas")
     up.add_argument("--gateways", type=int, default=1, help="gateway processes")
+    up.add_argument(
+        "--tts-provider-server",
+        nargs="?",
+        type=int,
+        const=8090,
+        metavar="PORT",
+        help="also run a TTS provider server (port 8090 unless given) that the TTS workers "
+        "speak through, their own engine as the fallback (docs/tts-providers.md)",
+    )
     return parser
 
 
@@ -84,7 +93,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         _load("voicefleet.audit:main")()
     elif args.command == "up":
         _load("voicefleet.runner:main")(
-            stt=args.stt, llm=args.llm, tts=args.tts, gateways=args.gateways
+            stt=args.stt,
+            llm=args.llm,
+            tts=args.tts,
+            gateways=args.gateways,
+            tts_provider_port=args.tts_provider_server,
         )
 
 
