@@ -61,3 +61,20 @@ def split_frames(pcm: bytes, frame_bytes: int) -> list[bytes]:
 
 def resample_pcm16(pcm: bytes, src_rate: int, dst_rate: int) -> bytes:
     return float32_to_pcm16(resample(pcm16_to_float32(pcm), src_rate, dst_rate))
+
+
+class PcmStreamResampler:
+    """Resample PCM16 that arrives in pieces of any size (a stream over HTTP) as one signal:
+    the filter keeps its state across pieces, so piece boundaries leave no clicks. Call
+    ``feed`` for each piece and ``finish`` once at the end."""
+
+    def __init__(self, src_rate: int, dst_rate: int) -> None:
+        self._stream = soxr.ResampleStream(src_rate, dst_rate, 1, dtype="float32", quality="HQ")
+
+    def feed(self, pcm: bytes) -> bytes:
+        return float32_to_pcm16(self._stream.resample_chunk(pcm16_to_float32(pcm), last=False))
+
+    def finish(self) -> bytes:
+        return float32_to_pcm16(
+            self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        )

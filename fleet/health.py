@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 import redis.asyncio as redis
 import structlog
@@ -39,6 +39,8 @@ class HealthState:
     consuming: asyncio.Event
     stopping: asyncio.Event
     redis_client: redis.Redis
+    # A worker's own reasons not to be ready (the TTS worker's providers), each returning them.
+    checks: list[Callable[[], list[str]]] = field(default_factory=list)
 
     async def problems(self) -> list[str]:
         """Why the worker is not ready; empty when it is."""
@@ -54,6 +56,8 @@ class HealthState:
                 await self.redis_client.ping()
         except (RedisError, OSError, TimeoutError) as exc:
             found.append(f"redis unreachable: {type(exc).__name__}")
+        for check in self.checks:
+            found += check()
         return found
 
 

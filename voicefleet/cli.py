@@ -43,6 +43,17 @@ def _parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="bind address (0.0.0.0 to serve other hosts)"
     )
 
+    tts_provider = commands.add_parser(
+        "tts-provider",
+        help="serve a TTS model over HTTP for remote TTS workers (docs/tts-providers.md)",
+    )
+    tts_provider.add_argument("--provider", choices=["kokoro", "piper"], default="kokoro")
+    tts_provider.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    tts_provider.add_argument("--port", type=int, default=8090)
+    tts_provider.add_argument(
+        "--host", default="127.0.0.1", help="bind address (0.0.0.0 to serve other hosts)"
+    )
+
     commands.add_parser(
         "audit", help="audit the installed dependencies for known vulnerabilities (pip-audit)"
     )
@@ -52,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--llm", type=int, default=1, help="LLM bridge replicas")
     up.add_argument("--tts", type=int, default=1, help="TTS worker replicas")
     up.add_argument("--gateways", type=int, default=1, help="gateway processes")
+    up.add_argument(
+        "--tts-provider-server",
+        nargs="?",
+        type=int,
+        const=8090,
+        metavar="PORT",
+        help="also run a TTS provider server (port 8090 unless given) that the TTS workers "
+        "speak through, their own engine as the fallback (docs/tts-providers.md)",
+    )
     return parser
 
 
@@ -65,11 +85,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         _load("voicefleet.models:main")(check_only=args.check)
     elif args.command == "llm-server":
         _load("voicefleet.llm_server:main")(port=args.port, host=args.host)
+    elif args.command == "tts-provider":
+        _load("workers.tts.provider_server:main")(
+            provider=args.provider, device=args.device, host=args.host, port=args.port
+        )
     elif args.command == "audit":
         _load("voicefleet.audit:main")()
     elif args.command == "up":
         _load("voicefleet.runner:main")(
-            stt=args.stt, llm=args.llm, tts=args.tts, gateways=args.gateways
+            stt=args.stt,
+            llm=args.llm,
+            tts=args.tts,
+            gateways=args.gateways,
+            tts_provider_port=args.tts_provider_server,
         )
 
 

@@ -103,8 +103,17 @@ class Child:
         return "\n".join(f"    {line}" for line in lines[-LOG_TAIL_LINES:])
 
 
-def plan(settings: Settings, stt: int, llm: int, tts: int, gateways: int) -> list[ChildSpec]:
-    """The gateway and worker processes of the fleet, each with its own id and ports."""
+def plan(
+    settings: Settings,
+    stt: int,
+    llm: int,
+    tts: int,
+    gateways: int,
+    tts_provider_port: int | None = None,
+) -> list[ChildSpec]:
+    """The gateway and worker processes of the fleet, each with its own id and ports; with
+    ``tts_provider_port``, also a TTS provider server there, which the TTS workers speak through
+    (their own engine as the fallback: docs/tts-providers.md)."""
     specs = [
         ChildSpec(
             f"gateway-{i}",
@@ -122,10 +131,21 @@ def plan(settings: Settings, stt: int, llm: int, tts: int, gateways: int) -> lis
     # VF_METRICS_PORT, when set, is where the workers' metrics ports start, so that two fleets
     # can run on one machine.
     metrics_port = settings.metrics_port or FIRST_METRICS_PORT
+    tts_env: dict[str, str] = {}
+    if tts_provider_port is not None:
+        engine, port = settings.tts_provider, str(tts_provider_port)
+        server_args = ("tts-provider", "--provider", engine, "--port", port)
+        specs.append(ChildSpec("tts-provider", server_args, {"VF_WORKER_ID": "tts-provider"}))
+        tts_env = {
+            "VF_TTS_PROVIDERS": "remote,local",
+            "VF_TTS_PROVIDER_URL": f"http://127.0.0.1:{tts_provider_port}",
+        }
     for kind, replicas in (("stt", stt), ("llm", llm), ("tts", tts)):
         for i in range(1, replicas + 1):
             name = f"{kind}-{i}"
             env = {"VF_WORKER_ID": name, "VF_METRICS_PORT": str(metrics_port)}
+            if kind == "tts":
+                env |= tts_env
             specs.append(ChildSpec(name, ("worker", kind), env, metrics_port=metrics_port))
             metrics_port += 1
     return specs
@@ -312,16 +332,18 @@ async def _run(settings: Settings, specs: list[ChildSpec], log_dir: Path) -> int
     return exit_code
 
 
-def main(stt: int, llm: int, tts: int, gateways: int) -> None:
+def main(stt: int, llm: int, tts: int, gateways: int, tts_provider_port: int | None = None) -> None:
     settings = get_settings()
-    specs = plan(settings, stt, llm, tts, gateways)
+    specs = plan(settings, stt, llm, tts, gateways, tts_provider_port)
     try:
         services.ensure_services(settings)
         models.assemble(settings)
         llm_port = local_llm_port(settings)
         ports = [int(s.env["VF_GATEWAY_PORT"]) for s in specs if s.is_gateway]
         ports += [s.metrics_port for s in specs if s.metrics_port is not None]
-        check_ports_free([*ports, *([llm_port] if llm_port is not None else [])])
+        ports += [llm_port] if llm_port is not None else []
+        ports += [tts_provider_port] if tts_provider_port is not None else []
+        check_ports_free(ports)
     except (services.ServiceError, models.ModelAssemblyError, StartupError) as exc:
         _log(f"error: {exc}")
         raise SystemExit(1) from exc

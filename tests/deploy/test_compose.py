@@ -306,3 +306,24 @@ def test_grafana_dashboard_shows_each_stage_and_the_queues() -> None:
         assert metric in exprs, metric
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_tts_provider_profile_shares_one_gpu_provider_server_with_cpu_tts_workers() -> None:
+    services = rendered(("gpu", "tts-provider"))["services"]
+    provider, workers = services["tts-provider"], services["tts-remote"]
+    assert provider["command"][:5] == ["tts-provider", "--provider", "kokoro", "--device", "cuda"]
+    assert provider["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "/tts/health" in provider["healthcheck"]["test"][-1]
+    assert workers["environment"]["VF_TTS_PROVIDERS"] == "remote,local"
+    assert workers["environment"]["VF_TTS_PROVIDER_URL"] == "http://tts-provider:8090"
+    assert workers["image"].endswith("-cpu")
+    assert workers["depends_on"]["tts-provider"]["condition"] == "service_healthy"
+    # Scaled on their own.
+    scaled = rendered(
+        ("gpu", "tts-provider"), (("TTS_PROVIDER_REPLICAS", "2"), ("TTS_REMOTE_REPLICAS", "5"))
+    )["services"]
+    assert scaled["tts-provider"]["deploy"]["replicas"] == 2
+    assert scaled["tts-remote"]["deploy"]["replicas"] == 5
+    # Without the profile, the in-process default stays.
+    assert "tts-provider" not in rendered(("gpu",))["services"]
+    assert "VF_TTS_PROVIDERS" not in rendered(("gpu",))["services"]["tts"]["environment"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import structlog
@@ -13,7 +14,8 @@ from fleet.errors import ErrorCode
 from fleet.topology import Route
 from fleet.worker import Runtime, run_worker
 from workers.tts.chunks import speech_chunks
-from workers.tts.providers import SpeechSynthesizer, create_synthesizer
+from workers.tts.providers import SpeechSynthesizer, speaking_synthesizer
+from workers.tts.providers.chain import ProviderChain
 
 log = structlog.get_logger(__name__)
 
@@ -111,9 +113,41 @@ async def warm_up(synthesizer: SpeechSynthesizer, voice: str) -> None:
     log.info("tts_warmed_up", seconds=round(time.perf_counter() - started, 3))
 
 
+async def probe_providers(chain: ProviderChain, runtime: Runtime) -> None:
+    """Check the providers that are due a check (at start, and each cool-down after one failed
+    or was refused) until SIGTERM; returns once some provider can speak, the first time."""
+    reported = False
+    while not runtime.stopping.is_set():
+        if await chain.ready():
+            return
+        if not reported:
+            log.error("tts_no_provider_ready", problems=chain.problems())
+            reported = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runtime.stopping.wait(), PROBE_INTERVAL_S)
+
+
+async def keep_probing(chain: ProviderChain, runtime: Runtime) -> None:
+    while not runtime.stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runtime.stopping.wait(), PROBE_INTERVAL_S)
+        await chain.ready()
+
+
+# How often providers are looked at; each is checked only when its breaker's cool-down is over.
+PROBE_INTERVAL_S = 1.0
+
+
 def run() -> None:
     async def serve(runtime: Runtime) -> None:
-        synthesizer = await asyncio.to_thread(create_synthesizer, runtime.settings)
+        synthesizer = await asyncio.to_thread(speaking_synthesizer, runtime.settings)
+        probing: asyncio.Task[None] | None = None
+        if isinstance(synthesizer, ProviderChain):
+            runtime.readiness_checks.append(synthesizer.problems)
+            await probe_providers(synthesizer, runtime)
+            if runtime.stopping.is_set():
+                return
+            probing = asyncio.create_task(keep_probing(synthesizer, runtime))
         log.info(
             "tts_provider_loaded",
             provider=synthesizer.name,
@@ -122,12 +156,18 @@ def run() -> None:
         )
         await warm_up(synthesizer, runtime.settings.tts_voice)
         worker = TtsWorker(runtime, synthesizer)
-        await runtime.serve_jobs(
-            Route.TTS_JOBS,
-            TtsRequest,
-            worker.handle,
-            runtime.settings.tts_concurrency,
-            gave_up=worker.gave_up,
-        )
+        try:
+            await runtime.serve_jobs(
+                Route.TTS_JOBS,
+                TtsRequest,
+                worker.handle,
+                runtime.settings.tts_concurrency,
+                gave_up=worker.gave_up,
+            )
+        finally:
+            if probing is not None:
+                probing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await probing
 
     run_worker("tts", serve)

@@ -15,10 +15,13 @@ class SpeechSynthesizer(Protocol):
     """
 
     name: str
-    # Reported in the worker's start-up log; a remote provider reports the version of the server
-    # on the other end.
-    version: str
     sample_rate: int
+
+    @property
+    def version(self) -> str:
+        """Reported in the worker's start-up log; a remote provider reports the version of the
+        server on the other end, known once it is connected."""
+        ...
 
     def stream(self, text: str, voice: str) -> AsyncIterator[bytes]:
         """Synthesize `text`, yielding audio as soon as each part is ready.
@@ -28,3 +31,8 @@ class SpeechSynthesizer(Protocol):
         unknown voice (naming the available ones) or text with nothing to say.
         """
         ...
+
+
+class ProviderUnavailable(Exception):
+    """A provider could not speak the text: unreachable, timed out, failed mid-way, or answered
+    with a server error. Unlike ValueError (the request's fault), another provider may succeed."""

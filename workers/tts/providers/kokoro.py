@@ -68,12 +68,24 @@ class KokoroSynthesizer:
         self.version = importlib.metadata.version("kokoro-onnx")
         self.sample_rate = SAMPLE_RATE
 
-    async def stream(self, text: str, voice: str) -> AsyncIterator[bytes]:
+    @property
+    def voices(self) -> list[str]:
+        return list(self._voices)
+
+    async def stream(
+        self, text: str, voice: str, *, speed: float | None = None, lang: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """`SpeechSynthesizer.stream`; ``speed`` and ``lang`` override the settings' for this
+        text (the provider server takes them per request)."""
         if voice not in self._voices:
             raise ValueError(
                 f"unknown Kokoro voice {voice!r}; available: {', '.join(self._voices)}"
             )
-        parts = self._kokoro.create_stream(text, voice, speed=self._speed, lang=self._lang)
+        if speed is not None and speed <= 0:
+            raise ValueError(f"speed must be positive, got {speed}")
+        parts = self._kokoro.create_stream(
+            text, voice, speed=speed or self._speed, lang=lang or self._lang
+        )
         try:
             async for audio, _ in parts:
                 yield _pcm16(audio)

@@ -74,12 +74,27 @@ class PiperSynthesizer:
             reason="a Piper model has a single voice",
         )
 
-    def _synthesize(self, text: str) -> Iterable[AudioChunk]:
-        return self._voice.synthesize(text, self._syn_config)
+    @property
+    def voices(self) -> list[str]:
+        return [self._voice_name]
 
-    async def stream(self, text: str, voice: str) -> AsyncIterator[bytes]:
+    def _synthesize(self, text: str, syn_config: SynthesisConfig) -> Iterable[AudioChunk]:
+        return self._voice.synthesize(text, syn_config)
+
+    async def stream(
+        self, text: str, voice: str, *, speed: float | None = None, lang: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """`SpeechSynthesizer.stream`; ``speed`` overrides the setting for this text. ``lang``
+        is accepted for the provider server's sake and ignored: the voice names its language."""
         if not text.strip():
             raise ValueError("nothing to say: the text is empty")
+        if speed is not None and speed <= 0:
+            raise ValueError(f"speed must be positive, got {speed}")
+        syn_config = (
+            self._syn_config
+            if speed is None
+            else SynthesisConfig(length_scale=self._voice.config.length_scale / speed)
+        )
         self._check_voice(voice)
         loop = asyncio.get_running_loop()
         # Unbounded, but at most one item per sentence of one request plus the end marker.
@@ -94,7 +109,7 @@ class PiperSynthesizer:
 
         def produce() -> None:
             try:
-                chunks = iter(self._synthesize(text))
+                chunks = iter(self._synthesize(text, syn_config))
                 try:
                     while not stop.is_set():
                         chunk = next(chunks, None)

@@ -1,0 +1,47 @@
+"""`voicefleet tts-provider` processes for tests: started, waited for, killed afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+
+from fleet.settings import Settings
+from tests.fleet_processes import FleetProcess, free_port
+from tests.role_processes import role_processes, start_role
+
+PROVIDER_START_S = 120.0
+
+
+@dataclass
+class ProviderServer:
+    process: FleetProcess
+    url: str
+
+
+@contextlib.contextmanager
+def provider_server(engine: str = "kokoro", name: str = "tts-provider") -> Iterator[ProviderServer]:
+    """A provider server with ``engine`` on a free loopback port, once it answers its health."""
+    place = Settings(namespace=f"t{uuid.uuid4().hex[:10]}")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with role_processes(place) as started:
+        process = start_role(
+            started, place, name, "tts-provider", "--provider", engine, "--port", str(port)
+        )
+        deadline = time.monotonic() + PROVIDER_START_S
+        while not healthy(url):
+            assert process.process is not None and process.process.poll() is None, process.tail()
+            assert time.monotonic() < deadline, f"provider server not up:\n{process.tail()}"
+            time.sleep(0.2)
+        yield ProviderServer(process, url)
+
+
+def healthy(url: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(f"{url}/tts/health", timeout=2).status_code == 200
+    return False
