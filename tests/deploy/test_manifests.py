@@ -213,6 +213,32 @@ def test_rabbitmq_persists_with_a_user_per_role(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_broker_cluster_has_replicated_work_queues_and_every_process_knows_its_nodes(
+    overlay: str,
+) -> None:
+    """What tests/chaos/test_node_loss.py proved: quorum work queues, every node in
+    VF_AMQP_URL; one node keeps classic queues (faster hops) and its client Service."""
+    docs = built(overlay)
+    (cluster,) = by_kind(docs, "RabbitmqCluster").values()
+    nodes = cluster["spec"]["replicas"]
+    expected = "quorum" if nodes >= 3 else "classic"
+    assert config(docs)["VF_WORK_QUEUE_TYPE"] == expected
+    deployments = by_kind(docs, "Deployment")
+    for role in FLEET_ROLES:
+        env = {
+            e["name"]: e.get("value") for e in container(deployments[f"voicefleet-{role}"])["env"]
+        }
+        urls = env["VF_AMQP_URL"].split(",")
+        if nodes >= 3:
+            hosts = {url.split("@", 1)[1].split(":", 1)[0] for url in urls}
+            assert hosts == {
+                f"voicefleet-rabbitmq-server-{n}.voicefleet-rabbitmq-nodes" for n in range(nodes)
+            }, (role, urls)
+        else:
+            assert len(urls) == 1, (role, urls)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_redis_persists(overlay: str) -> None:
     statefulset = by_kind(built(overlay), "StatefulSet")["voicefleet-redis"]
     redis = statefulset["spec"]["template"]["spec"]["containers"][0]
