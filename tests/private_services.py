@@ -7,7 +7,8 @@ ports, database and log directories, and no plugins).
 
 Restarting RabbitMQ keeps its database (durable queues and persistent messages survive, as in a
 real broker restart); restarting Redis loses every key (``--save '' --appendonly no``), the
-harshest case: the fleet must cope with a state store that forgot everything.
+harshest case: the fleet must cope with a state store that forgot everything, unless the test
+gives it persistence options (``--appendonly yes``), which write into its own directory.
 
 :func:`private_rabbitmq_cluster` clusters several private nodes (one Erlang cookie of their
 own, ``rabbitmqctl join_cluster``), for the tests that lose a node of a cluster.
@@ -241,8 +242,17 @@ class PrivateRedis:
         self.process.wait(10)
         self.process = None
 
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM), as when a pod or a container is stopped."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        self.process.wait(30)
+        self.process = None
+
     def restart(self, down_s: float = 0.0) -> float:
-        """Kill, stay down ``down_s``, start on the same port (empty): seconds it was down."""
+        """Kill, stay down ``down_s``, start on the same port (empty unless ``extra_args`` give
+        it persistence): seconds it was down."""
         down_at = time.monotonic()
         self.kill()
         time.sleep(down_s)
@@ -271,7 +281,8 @@ def private_rabbitmq() -> contextlib.AbstractContextManager[PrivateRabbitMQ]:
 
 
 def private_redis(*extra_args: str) -> contextlib.AbstractContextManager[PrivateRedis]:
-    """A private Redis; ``extra_args`` go to redis-server (an ACL file, TLS options)."""
+    """A private Redis; ``extra_args`` go to redis-server (an ACL file, TLS options,
+    persistence)."""
     return _running(lambda base: PrivateRedis(base, extra_args=extra_args), "vf-redis-")
 
 
