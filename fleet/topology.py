@@ -40,6 +40,10 @@ log = structlog.get_logger(__name__)
 RECONNECT_INTERVAL_S = 1.0
 # A publish that has no confirm by then has failed: the connection is gone or hung.
 PUBLISH_TIMEOUT_S = 5.0
+# A connection attempt (TCP, TLS and the AMQP handshake) that has not completed by then has
+# failed, and the next attempt goes to the next node: a node whose host is gone answers nothing,
+# and without a bound one attempt would wait out the kernel's SYN retries (about two minutes).
+CONNECT_TIMEOUT_S = 5.0
 
 # What a publish, ack or reject raises when the connection or its channel is gone.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -121,7 +125,8 @@ async def connect_to_nodes(
             reconnect_interval=RECONNECT_INTERVAL_S,
         )
         try:
-            await connection.connect()
+            # aio-pika keeps this timeout for every reconnection attempt.
+            await connection.connect(timeout=CONNECT_TIMEOUT_S)
         except CONNECTION_ERRORS as exc:
             error = exc
             await connection.close()

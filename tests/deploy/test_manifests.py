@@ -213,29 +213,28 @@ def test_rabbitmq_persists_with_a_user_per_role(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_a_broker_cluster_has_replicated_work_queues_and_every_process_knows_its_nodes(
+def test_a_broker_cluster_has_replicated_work_queues_and_every_worker_knows_its_nodes(
     overlay: str,
 ) -> None:
-    """What tests/chaos/test_node_loss.py proved: quorum work queues, every node in
-    VF_AMQP_URL; one node keeps classic queues (faster hops) and its client Service."""
+    """What tests/chaos/test_node_loss.py proved: quorum work queues, every node in the workers'
+    VF_AMQP_URL; the gateways keep the client Service (spread over the nodes); one node keeps
+    classic queues (faster hops)."""
     docs = built(overlay)
     (cluster,) = by_kind(docs, "RabbitmqCluster").values()
     nodes = cluster["spec"]["replicas"]
-    expected = "quorum" if nodes >= 3 else "classic"
-    assert config(docs)["VF_WORK_QUEUE_TYPE"] == expected
+    assert config(docs)["VF_WORK_QUEUE_TYPE"] == ("quorum" if nodes >= 3 else "classic")
     deployments = by_kind(docs, "Deployment")
     for role in FLEET_ROLES:
         env = {
             e["name"]: e.get("value") for e in container(deployments[f"voicefleet-{role}"])["env"]
         }
-        urls = env["VF_AMQP_URL"].split(",")
-        if nodes >= 3:
-            hosts = {url.split("@", 1)[1].split(":", 1)[0] for url in urls}
-            assert hosts == {
+        hosts = [url.split("@", 1)[1].split(":", 1)[0] for url in env["VF_AMQP_URL"].split(",")]
+        if nodes >= 3 and role != "gateway":
+            assert sorted(hosts) == [
                 f"voicefleet-rabbitmq-server-{n}.voicefleet-rabbitmq-nodes" for n in range(nodes)
-            }, (role, urls)
+            ], (role, hosts)
         else:
-            assert len(urls) == 1, (role, urls)
+            assert hosts == ["voicefleet-rabbitmq"], (role, hosts)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
