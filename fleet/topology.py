@@ -40,6 +40,12 @@ log = structlog.get_logger(__name__)
 RECONNECT_INTERVAL_S = 1.0
 # A publish that has no confirm by then has failed: the connection is gone or hung.
 PUBLISH_TIMEOUT_S = 5.0
+# A quorum queue whose leader's node was lost nacks publishes until its other members have
+# elected a new leader (about a second); a nacked publish is sent again every NACK_PAUSE_S for
+# this long before it fails (the message was not taken: sending it again is safe, and a rare
+# duplicate is dropped downstream like any redelivery).
+NACKED_PUBLISH_PATIENCE_S = 10.0
+NACK_PAUSE_S = 0.2
 # A connection attempt (TCP, TLS and the AMQP handshake) that has not completed by then has
 # failed, and the next attempt goes to the next node: a node whose host is gone answers nothing,
 # and without a bound one attempt would wait out the kernel's SYN retries (about two minutes).
@@ -338,7 +344,8 @@ class Bus:
     ``queue.bind`` and the consumers made with ``queue.consume``/``queue.iterator``. While it is
     away, :attr:`available` is clear and ``publish`` raises :class:`BrokerUnavailable` at once
     rather than waiting for the reconnection (one that gets no confirm in ``PUBLISH_TIMEOUT_S``
-    raises it too); hooks added with :meth:`on_lost` and
+    raises it too; one that is nacked, as by a quorum queue electing a new leader, is sent again
+    for up to ``NACKED_PUBLISH_PATIENCE_S``); hooks added with :meth:`on_lost` and
     :meth:`on_restored` run when the connection goes and when it is back with everything restored
     (deliveries received before the loss are void then: the broker redelivers what was unacked).
     """
@@ -464,17 +471,26 @@ class Bus:
         # worker announcing a lease it was just given); the publish channel is ready soon after.
         if not self.connection.connected.is_set():
             raise BrokerUnavailable("the message broker is unreachable; reconnecting")
-        try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                await self._exchanges[route].publish(
-                    amqp_message,
-                    routing_key=spec.routing_key(self.names, message),
-                    mandatory=mandatory,
-                )
-        except aiormq.exceptions.DeliveryError:
-            raise  # unroutable (mandatory) or nacked: the broker is there, the caller decides
-        except CONNECTION_ERRORS as exc:
-            raise BrokerUnavailable(f"publish failed: {type(exc).__name__}: {exc}") from exc
+        patience_until = asyncio.get_running_loop().time() + NACKED_PUBLISH_PATIENCE_S
+        while True:
+            try:
+                async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                    await self._exchanges[route].publish(
+                        amqp_message,
+                        routing_key=spec.routing_key(self.names, message),
+                        mandatory=mandatory,
+                    )
+                return
+            except aiormq.exceptions.DeliveryError as exc:
+                # Unroutable (mandatory), or nacked for longer than a leader election takes:
+                # the broker is there, the caller decides.
+                nacked = isinstance(exc.frame, aiormq.spec.Basic.Nack)
+                if not nacked or asyncio.get_running_loop().time() > patience_until:
+                    raise
+                log.warning("publish_nacked", kind=type(message).KIND, retry_in_s=NACK_PAUSE_S)
+                await asyncio.sleep(NACK_PAUSE_S)
+            except CONNECTION_ERRORS as exc:
+                raise BrokerUnavailable(f"publish failed: {type(exc).__name__}: {exc}") from exc
 
     async def dead_letter_copy(
         self, incoming: AbstractIncomingMessage, queue: str, reason: str
