@@ -42,4 +42,4 @@ async def test_a_node_that_answers_nothing_is_given_up_for_the_next(settings: Se
             assert bus.connection.url == broker_nodes(nodes)[1]
         finally:
             await bus.close()
-            await delete_namespace(nodes)
+            await delete_namespace(settings)  # not through the silent node: 5 s less
