@@ -72,6 +72,7 @@ def cluster_fleet() -> Iterator[ClusterFleet]:
             namespace=namespace,
             amqp_url=cluster.urls,  # the workers connect to the first node
             work_queue_type="quorum",
+            drain_timeout_s="3",  # a short teardown: nothing is left to drain by then
             role_env={"gateway": {"VF_AMQP_URL": ",".join(n.url for n in [*others, first])}},
         ) as fleet:
             yield ClusterFleet(cluster, fleet)
