@@ -126,7 +126,7 @@ async def test_losing_the_node_that_leads_the_work_queues_loses_no_turn(
         ]
         # The first session has finished speaking; the others are still at it.
         await clients[0].wait_for("transcript", final=True, timeout=60, after=marks[0])
-        lost_at = time.monotonic()
+        lost_at, lost_wall = time.monotonic(), time.time()
         await asyncio.to_thread(leader.kill)
         await asyncio.gather(*talking)
 
@@ -139,12 +139,7 @@ async def test_losing_the_node_that_leads_the_work_queues_loses_no_turn(
         assert failed == 0, (outcomes, fleet.logs())
 
         # The workers reconnected, to the survivors.
-        for worker in WORKERS:
-            assert any(
-                e.get("event") == "broker_connection_restored"
-                for e in fleet.processes[worker].log_events()
-            ), f"{worker} did not reconnect:\n{fleet.logs()}"
-        restored_s = max(_restored_after(fleet, worker, lost_at) for worker in WORKERS)
+        restored_s = max(_restored_after(fleet, worker, lost_wall) for worker in WORKERS)
         placement = _connection_names(cluster)
         assert {f"voicefleet-{w}" for w in (*WORKERS, "gateway-1")} <= set(placement), placement
         fleet.check_alive()
@@ -168,13 +163,14 @@ async def test_losing_the_node_that_leads_the_work_queues_loses_no_turn(
             await client.close()
 
 
-def _restored_after(fleet: Fleet, worker: str, lost_at: float) -> float:
-    """Seconds from the node's loss to the worker's log of its restored connection."""
-    lost_wall = time.time() - (time.monotonic() - lost_at)
+def _restored_after(fleet: Fleet, worker: str, lost_wall: float) -> float:
+    """Seconds from the node's loss to the worker's log of its restored connection (the log
+    files of earlier runs are appended to: only events after the loss count)."""
     for event in fleet.processes[worker].log_events():
-        if event.get("event") == "broker_connection_restored":
-            return _epoch(str(event["timestamp"])) - lost_wall
-    raise AssertionError(f"{worker} never restored its connection")
+        at = _epoch(str(event.get("timestamp", "1970-01-01T00:00:00Z")))
+        if event.get("event") == "broker_connection_restored" and at >= lost_wall:
+            return at - lost_wall
+    raise AssertionError(f"{worker} did not reconnect after the node was lost:\n{fleet.logs()}")
 
 
 def _epoch(timestamp: str) -> float:
