@@ -178,7 +178,7 @@ def tts_priority(sentence: int) -> int:
     """The first sentence of a turn is what the user is waiting for: it jumps the queue.
 
     Only the first sentence is above 4: a quorum queue of RabbitMQ 4 knows two priorities, and
-    serves messages above 4 first (docs/deploy.md, "Queue types").
+    serves messages above 4 first (docs/deploy.md, "Several RabbitMQ nodes").
     """
     return max(TTS_MAX_PRIORITY - 5 * sentence, 0)
 

@@ -21,14 +21,18 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import pytest
+import structlog
 
+from fleet.contracts import TtsRequest
 from fleet.settings import Settings
-from fleet.topology import Bus, Names
+from fleet.topology import NACKED_PUBLISH_PATIENCE_S, Bus, Names, Route, decode_incoming
 from tests.chaos.turns import QUESTION, SECOND_QUESTION, outcome, voice_turn
 from tests.fleet_processes import Fleet, running_fleet
 from tests.prerequisites import require
 from tests.private_services import (
+    PrivateRabbitMQ,
     PrivateRabbitMQCluster,
+    private_rabbitmq,
     private_rabbitmq_cluster,
     rabbitmq_unavailable_reason,
 )
@@ -175,3 +179,50 @@ def _restored_after(fleet: Fleet, worker: str, lost_wall: float) -> float:
 
 def _epoch(timestamp: str) -> float:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.fixture
+def broker() -> Iterator[PrivateRabbitMQ]:
+    require("chaos", rabbitmq_unavailable_reason())
+    with private_rabbitmq() as broker:
+        yield broker
+
+
+async def test_a_publish_the_queue_refuses_for_a_moment_is_sent_again(
+    broker: PrivateRabbitMQ,
+) -> None:
+    """A quorum queue nacks publishes while it elects a new leader. Made deterministic here with
+    a real nack of another cause: a full queue that rejects publishes (a policy on a private
+    broker) until a job is taken from it."""
+    settings = Settings(
+        namespace=f"t{uuid.uuid4().hex[:10]}",
+        amqp_url=broker.url,
+        # A classic queue rejects exactly at its length limit (a quorum queue only past it).
+        work_max_length=1,
+    )
+    # Set before the queue is declared, so that it applies from the first publish.
+    pattern = f"^{settings.namespace}\\.tts\\.jobs$"
+    reject = '{"overflow":"reject-publish"}'
+    broker.rabbitmqctl("set_policy", "--apply-to", "queues", "full", pattern, reject)
+    bus = await Bus.connect(settings, "test-nacked")
+    try:
+        await bus.publish(TtsRequest("sess-a", 1, 0, "The first job."))
+        with structlog.testing.capture_logs() as logs:
+            second = asyncio.create_task(
+                bus.publish(TtsRequest("sess-b", 1, 0, "Refused at first."))
+            )
+            # The queue is full: the broker nacks the second publish, again and again.
+            while not any(e["event"] == "publish_nacked" for e in logs):
+                assert not second.done(), second
+                await asyncio.sleep(0.05)
+        channel = await bus.channel(prefetch=0)
+        queue = await bus.work_queue(channel, Route.TTS_JOBS)
+        first = await queue.get(timeout=5)
+        await first.ack()
+        await asyncio.wait_for(second, NACKED_PUBLISH_PATIENCE_S)
+        taken = await queue.get(timeout=5)
+        job = decode_incoming(taken)
+        assert isinstance(job, TtsRequest) and job.session_id == "sess-b", job
+        await taken.ack()
+    finally:
+        await bus.close()
