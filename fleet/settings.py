@@ -27,7 +27,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VF_", extra="ignore")
 
     # --- services -------------------------------------------------------------------------
-    amqp_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL.")
+    amqp_url: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672/",
+        description="RabbitMQ URL, or the comma-separated URLs of a cluster's nodes: a process "
+        "connects to the first that answers and, when it loses that node, to the next one.",
+    )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL.")
     amqp_heartbeat_s: int = Field(
         10,
@@ -398,6 +402,13 @@ class Settings(BaseSettings):
         description="Turns and sentences waiting longer than this in `llm.turns` / `tts.jobs` "
         "are dead-lettered unanswered (nobody waits that long). Part of the queues' "
         'declaration: docs/deploy.md, "Changing the work queues\' bounds".',
+    )
+    work_queue_type: Literal["classic", "quorum"] = Field(
+        "classic",
+        description="Type of the queues whose loss would lose work (`stt.sessions`, "
+        "`llm.turns`, `tts.jobs`, the dead letters): `quorum` on a cluster of three or more "
+        "nodes (replicated: they survive a node), `classic` on one node (faster hops). Part of "
+        "the queues' declaration: docs/deploy.md, \"Changing the work queues' bounds\".",
     )
     work_max_length: int = Field(
         10_000,

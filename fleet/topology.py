@@ -9,7 +9,7 @@ so that several fleets (or test runs) can share one broker without seeing each o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from operator import attrgetter
@@ -25,6 +25,8 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aio_pika.robust_connection import RobustConnection
+from aiormq.abc import AbstractConnection as AbstractTransportConnection
 from yarl import URL
 
 from fleet import contracts
@@ -38,6 +40,16 @@ log = structlog.get_logger(__name__)
 RECONNECT_INTERVAL_S = 1.0
 # A publish that has no confirm by then has failed: the connection is gone or hung.
 PUBLISH_TIMEOUT_S = 5.0
+# A quorum queue whose leader's node was lost nacks publishes until its other members have
+# elected a new leader (about a second); a nacked publish is sent again every NACK_PAUSE_S for
+# this long before it fails (the message was not taken: sending it again is safe, and a rare
+# duplicate is dropped downstream like any redelivery).
+NACKED_PUBLISH_PATIENCE_S = 10.0
+NACK_PAUSE_S = 0.2
+# A connection attempt (TCP, TLS and the AMQP handshake) that has not completed by then has
+# failed, and the next attempt goes to the next node: a node whose host is gone answers nothing,
+# and without a bound one attempt would wait out the kernel's SYN retries (about two minutes).
+CONNECT_TIMEOUT_S = 5.0
 
 # What a publish, ack or reject raises when the connection or its channel is gone.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -57,6 +69,77 @@ class TopologyMismatch(RuntimeError):
 
 class BrokerUnavailable(ConnectionError):
     """The broker cannot be reached now; the robust connection is trying to reconnect."""
+
+
+def broker_nodes(settings: Settings) -> list[URL]:
+    """The URLs in VF_AMQP_URL (one, or a cluster's nodes comma-separated), with the heartbeat."""
+    nodes = []
+    for text in settings.amqp_url.split(","):
+        url = URL(text.strip())
+        if not (url.scheme in ("amqp", "amqps") and url.host):
+            raise ValueError(f"VF_AMQP_URL: {text.strip()!r} is not an amqp:// or amqps:// URL")
+        if "heartbeat" not in url.query:
+            url = url.update_query(heartbeat=settings.amqp_heartbeat_s)
+        nodes.append(url)
+    return nodes
+
+
+class NodeListConnection(RobustConnection):
+    """A robust connection to one of several broker nodes (a cluster), in turn.
+
+    It starts on ``nodes[first]``; every later connection attempt (after the connection is lost,
+    or after an attempt failed) goes to the next node of the list, wrapping around, so a process
+    whose node stops reconnects to a survivor in about ``RECONNECT_INTERVAL_S``. aio-pika's
+    robust connection clears ``transport`` right before each attempt and then connects to
+    ``url``: the hook that moves ``url`` on (tests/chaos/test_node_loss.py fails if a new
+    aio-pika stops doing so).
+    """
+
+    def __init__(self, nodes: Sequence[URL], first: int, **kwargs: Any) -> None:
+        self.nodes = list(nodes)
+        self._node = first
+        self._attempts = 0
+        super().__init__(self.nodes[first], **kwargs)
+
+    @property  # type: ignore[override]
+    def transport(self) -> AbstractTransportConnection | None:
+        return self._transport
+
+    @transport.setter
+    def transport(self, value: AbstractTransportConnection | None) -> None:
+        if value is None:
+            # Set once by __init__, then before every connection attempt: from the second
+            # attempt on, try the next node.
+            if self._attempts >= 2:
+                self._node = (self._node + 1) % len(self.nodes)
+                self.url = self.nodes[self._node]
+            self._attempts += 1
+        self._transport = value
+
+
+async def connect_to_nodes(
+    nodes: Sequence[URL], client_properties: dict[str, Any]
+) -> AbstractRobustConnection:
+    """A robust connection to the first of ``nodes`` that answers now (the others are tried
+    in turn after it is lost); raises the last node's error if none answers."""
+    error: BaseException | None = None
+    for first in range(len(nodes)):
+        connection = NodeListConnection(
+            nodes,
+            first,
+            client_properties=client_properties,
+            reconnect_interval=RECONNECT_INTERVAL_S,
+        )
+        try:
+            # aio-pika keeps this timeout for every reconnection attempt.
+            await connection.connect(timeout=CONNECT_TIMEOUT_S)
+        except CONNECTION_ERRORS as exc:
+            error = exc
+            await connection.close()
+            continue
+        return connection
+    assert error is not None
+    raise error
 
 
 class Route(Enum):
@@ -92,8 +175,12 @@ TTS_MAX_PRIORITY = 9
 
 
 def tts_priority(sentence: int) -> int:
-    """The first sentence of a turn is what the user is waiting for: it jumps the queue."""
-    return max(TTS_MAX_PRIORITY - 4 * sentence, 0)
+    """The first sentence of a turn is what the user is waiting for: it jumps the queue.
+
+    Only the first sentence is above 4: a quorum queue of RabbitMQ 4 knows two priorities, and
+    serves messages above 4 first (docs/deploy.md, "Several RabbitMQ nodes").
+    """
+    return max(TTS_MAX_PRIORITY - 5 * sentence, 0)
 
 
 def _sentence_priority(message: Message) -> int:
@@ -142,14 +229,36 @@ class RouteSpec:
         # are dead-lettered (the default overflow, drop-head). These arguments are part of the
         # queue: docs/deploy.md says how to change them on a running fleet.
         arguments: dict[str, Any] = {
+            **work_queue_type_arguments(settings),
             "x-dead-letter-exchange": names.dead_letter_exchange,
             "x-max-length": settings.work_max_length,
         }
         if self.expires:
             arguments["x-message-ttl"] = settings.work_ttl_s * 1000
-        if self.max_priority:
+        # A quorum queue refuses x-max-priority (RabbitMQ 3.x), or needs none (4.x: two levels).
+        if self.max_priority and settings.work_queue_type == "classic":
             arguments["x-max-priority"] = self.max_priority
         return arguments
+
+
+def work_queue_type_arguments(settings: Settings) -> dict[str, Any]:
+    """The type argument of every queue whose loss would lose work (VF_WORK_QUEUE_TYPE).
+
+    A classic queue is declared without one, as every version before the setting did, so that
+    a running one-node fleet keeps its queues.
+    """
+    if settings.work_queue_type == "classic":
+        return {}
+    return {"x-queue-type": settings.work_queue_type}
+
+
+def dead_letter_queue_arguments(settings: Settings) -> dict[str, Any]:
+    # Kept for inspection, bounded so that a flood of poison cannot fill the disk.
+    return {
+        **work_queue_type_arguments(settings),
+        "x-max-length": 100_000,
+        "x-message-ttl": 7 * 24 * 3600 * 1000,
+    }
 
 
 TOPOLOGY: dict[Route, RouteSpec] = {
@@ -235,7 +344,8 @@ class Bus:
     ``queue.bind`` and the consumers made with ``queue.consume``/``queue.iterator``. While it is
     away, :attr:`available` is clear and ``publish`` raises :class:`BrokerUnavailable` at once
     rather than waiting for the reconnection (one that gets no confirm in ``PUBLISH_TIMEOUT_S``
-    raises it too); hooks added with :meth:`on_lost` and
+    raises it too; one that is nacked, as by a quorum queue electing a new leader, is sent again
+    for up to ``NACKED_PUBLISH_PATIENCE_S``); hooks added with :meth:`on_lost` and
     :meth:`on_restored` run when the connection goes and when it is back with everything restored
     (deliveries received before the loss are void then: the broker redelivers what was unacked).
     """
@@ -258,13 +368,8 @@ class Bus:
 
     @classmethod
     async def connect(cls, settings: Settings, client_name: str) -> Bus:
-        url = URL(settings.amqp_url)
-        if "heartbeat" not in url.query:
-            url = url.update_query(heartbeat=settings.amqp_heartbeat_s)
-        connection = await aio_pika.connect_robust(
-            url,
-            client_properties={"connection_name": client_name},
-            reconnect_interval=RECONNECT_INTERVAL_S,
+        connection = await connect_to_nodes(
+            broker_nodes(settings), client_properties={"connection_name": client_name}
         )
         bus = cls(settings, connection)
         await bus.declare()
@@ -312,11 +417,8 @@ class Bus:
         dlx = await channel.declare_exchange(
             names.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
         )
-        dead_letters = await channel.declare_queue(
-            names.dead_letter_queue,
-            durable=True,
-            # Kept for inspection, bounded so that a flood of poison cannot fill the disk.
-            arguments={"x-max-length": 100_000, "x-message-ttl": 7 * 24 * 3600 * 1000},
+        dead_letters = await self._declare_durable_queue(
+            channel, names.dead_letter_queue, dead_letter_queue_arguments(self.settings)
         )
         await dead_letters.bind(dlx)
         self._dead_letter_exchange = dlx
@@ -327,20 +429,24 @@ class Bus:
                     names.exchange(route), aio_pika.ExchangeType.DIRECT, durable=True
                 )
             else:
-                arguments = spec.queue_arguments(names, self.settings)
-                try:
-                    await channel.declare_queue(
-                        names.work_queue(route), durable=True, arguments=arguments
-                    )
-                except aiormq.exceptions.ChannelPreconditionFailed as exc:
-                    raise TopologyMismatch(
-                        f"queue {names.work_queue(route)!r} exists with other arguments than "
-                        f"{arguments}: it was declared by another version or with other bounds "
-                        '(VF_WORK_TTL_S, VF_WORK_MAX_LENGTH). See docs/deploy.md, "Changing '
-                        f"the work queues' bounds\". Broker: {exc}"
-                    ) from exc
+                await self._declare_durable_queue(
+                    channel, names.work_queue(route), spec.queue_arguments(names, self.settings)
+                )
                 exchanges[route] = channel.default_exchange
         self._exchanges = exchanges
+
+    async def _declare_durable_queue(
+        self, channel: AbstractChannel, name: str, arguments: dict[str, Any]
+    ) -> AbstractQueue:
+        try:
+            return await channel.declare_queue(name, durable=True, arguments=arguments)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise TopologyMismatch(
+                f"queue {name!r} exists with other arguments than {arguments}: it was declared "
+                "by another version or with other bounds or type (VF_WORK_TTL_S, "
+                'VF_WORK_MAX_LENGTH, VF_WORK_QUEUE_TYPE). See docs/deploy.md, "Changing the '
+                f"work queues' bounds\". Broker: {exc}"
+            ) from exc
 
     async def publish(self, message: Message, *, mandatory: bool = False) -> None:
         route = ROUTES[type(message)]
@@ -365,17 +471,26 @@ class Bus:
         # worker announcing a lease it was just given); the publish channel is ready soon after.
         if not self.connection.connected.is_set():
             raise BrokerUnavailable("the message broker is unreachable; reconnecting")
-        try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                await self._exchanges[route].publish(
-                    amqp_message,
-                    routing_key=spec.routing_key(self.names, message),
-                    mandatory=mandatory,
-                )
-        except aiormq.exceptions.DeliveryError:
-            raise  # unroutable (mandatory) or nacked: the broker is there, the caller decides
-        except CONNECTION_ERRORS as exc:
-            raise BrokerUnavailable(f"publish failed: {type(exc).__name__}: {exc}") from exc
+        patience_until = asyncio.get_running_loop().time() + NACKED_PUBLISH_PATIENCE_S
+        while True:
+            try:
+                async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                    await self._exchanges[route].publish(
+                        amqp_message,
+                        routing_key=spec.routing_key(self.names, message),
+                        mandatory=mandatory,
+                    )
+                return
+            except aiormq.exceptions.DeliveryError as exc:
+                # Unroutable (mandatory), or nacked for longer than a leader election takes:
+                # the broker is there, the caller decides.
+                nacked = isinstance(exc.frame, aiormq.spec.Basic.Nack)
+                if not nacked or asyncio.get_running_loop().time() > patience_until:
+                    raise
+                log.warning("publish_nacked", kind=type(message).KIND, retry_in_s=NACK_PAUSE_S)
+                await asyncio.sleep(NACK_PAUSE_S)
+            except CONNECTION_ERRORS as exc:
+                raise BrokerUnavailable(f"publish failed: {type(exc).__name__}: {exc}") from exc
 
     async def dead_letter_copy(
         self, incoming: AbstractIncomingMessage, queue: str, reason: str

@@ -7,13 +7,18 @@ ports, database and log directories, and no plugins).
 
 Restarting RabbitMQ keeps its database (durable queues and persistent messages survive, as in a
 real broker restart); restarting Redis loses every key (``--save '' --appendonly no``), the
-harshest case: the fleet must cope with a state store that forgot everything.
+harshest case: the fleet must cope with a state store that forgot everything, unless the test
+gives it persistence options (``--appendonly yes``), which write into its own directory.
+
+:func:`private_rabbitmq_cluster` clusters several private nodes (one Erlang cookie of their
+own, ``rabbitmqctl join_cluster``), for the tests that lose a node of a cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -23,6 +28,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -30,6 +36,8 @@ from typing import TypeVar
 import aio_pika
 
 RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+# Not /usr/sbin/rabbitmqctl: that wrapper runs as the rabbitmq user, with its home's cookie.
+RABBITMQCTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
 
 
 def free_port() -> int:
@@ -78,10 +86,28 @@ class PrivateRabbitMQ:
     port: int = field(default_factory=free_port)
     dist_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    # A directory whose .erlang.cookie the node and rabbitmqctl share (the nodes of a cluster);
+    # None: the caller's home.
+    cookie_home: Path | None = None
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def rabbitmqctl(self, *args: str, timeout: float = 60.0) -> str:
+        """Run rabbitmqctl against this node; returns its output, raises if it fails."""
+        home = {"HOME": str(self.cookie_home)} if self.cookie_home else {}
+        result = subprocess.run(
+            [str(RABBITMQCTL), "-q", "-n", self.node, *args],
+            env={**os.environ, **home},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} on {self.node}: {result.stderr}")
+        return result.stdout
 
     @property
     def log_path(self) -> Path:
@@ -95,6 +121,7 @@ class PrivateRabbitMQ:
         (self.base / "log").mkdir(exist_ok=True)
         return {
             **os.environ,
+            **({"HOME": str(self.cookie_home)} if self.cookie_home else {}),
             "RABBITMQ_NODENAME": self.node,
             "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
@@ -215,8 +242,17 @@ class PrivateRedis:
         self.process.wait(10)
         self.process = None
 
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM), as when a pod or a container is stopped."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        self.process.wait(30)
+        self.process = None
+
     def restart(self, down_s: float = 0.0) -> float:
-        """Kill, stay down ``down_s``, start on the same port (empty): seconds it was down."""
+        """Kill, stay down ``down_s``, start on the same port (empty unless ``extra_args`` give
+        it persistence): seconds it was down."""
         down_at = time.monotonic()
         self.kill()
         time.sleep(down_s)
@@ -245,5 +281,58 @@ def private_rabbitmq() -> contextlib.AbstractContextManager[PrivateRabbitMQ]:
 
 
 def private_redis(*extra_args: str) -> contextlib.AbstractContextManager[PrivateRedis]:
-    """A private Redis; ``extra_args`` go to redis-server (an ACL file, TLS options)."""
+    """A private Redis; ``extra_args`` go to redis-server (an ACL file, TLS options,
+    persistence)."""
     return _running(lambda base: PrivateRedis(base, extra_args=extra_args), "vf-redis-")
+
+
+@dataclass
+class PrivateRabbitMQCluster:
+    nodes: list[PrivateRabbitMQ]
+
+    @property
+    def urls(self) -> str:
+        """Every node's URL, comma-separated (VF_AMQP_URL of a fleet on the cluster)."""
+        return ",".join(node.url for node in self.nodes)
+
+    def running(self) -> list[PrivateRabbitMQ]:
+        return [node for node in self.nodes if node.process is not None]
+
+    def queues(self) -> list[dict[str, object]]:
+        """Each queue's name, type, leader node and members, as a surviving node sees them."""
+        out = self.running()[0].rabbitmqctl(
+            "list_queues", "name", "type", "leader", "members", "--formatter", "json"
+        )
+        rows: list[dict[str, object]] = json.loads(out)
+        return rows
+
+    def node_named(self, name: str) -> PrivateRabbitMQ:
+        return next(node for node in self.nodes if node.node == name)
+
+
+@contextlib.contextmanager
+def private_rabbitmq_cluster(size: int = 3) -> Iterator[PrivateRabbitMQCluster]:
+    """``size`` private RabbitMQ nodes clustered with the first, killed and wiped afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="vf-cluster-"))
+    cookie = base / ".erlang.cookie"
+    cookie.write_text(uuid.uuid4().hex)
+    cookie.chmod(0o400)
+    nodes = []
+    for index in range(size):
+        (base / f"node{index}").mkdir()
+        nodes.append(PrivateRabbitMQ(base / f"node{index}", cookie_home=base))
+    try:
+        # Booting is mostly waiting on Erlang: the nodes boot side by side.
+        with ThreadPoolExecutor(size) as pool:
+            list(pool.map(PrivateRabbitMQ.start, nodes))
+        first = nodes[0]
+        for node in nodes[1:]:
+            node.rabbitmqctl("stop_app")
+            node.rabbitmqctl("join_cluster", first.node)
+            node.rabbitmqctl("start_app")
+            node.rabbitmqctl("await_startup")
+        yield PrivateRabbitMQCluster(nodes)
+    finally:
+        for node in nodes:
+            node.kill()
+        shutil.rmtree(base, ignore_errors=True)

@@ -12,14 +12,14 @@ import aio_pika
 
 from fleet.settings import Settings
 from fleet.state import connect_redis
-from fleet.topology import Names
+from fleet.topology import Names, broker_nodes, connect_to_nodes
 
 
 async def consumer_counts(settings: Settings) -> dict[str, int]:
     """How many workers consume each work queue (0 for a queue not declared yet)."""
     names = Names(settings.namespace)
     counts = {}
-    async with await aio_pika.connect(settings.amqp_url, timeout=10) as connection:
+    async with await connect_to_nodes(broker_nodes(settings), {}) as connection:
         for kind, queue in (
             ("stt", names.stt_sessions),
             ("llm", names.llm_turns),
@@ -39,7 +39,7 @@ async def delete_namespace(settings: Settings) -> None:
     if not settings.namespace:
         raise ValueError("refusing to delete the default (empty) namespace")
     names = Names(settings.namespace)
-    async with await aio_pika.connect(settings.amqp_url, timeout=10) as connection:
+    async with await connect_to_nodes(broker_nodes(settings), {}) as connection:
         queues = (
             names.stt_sessions,
             names.llm_turns,

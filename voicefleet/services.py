@@ -137,7 +137,8 @@ def ensure_redis(url: str, deadline_s: float = 30.0) -> None:
 
 
 def ensure_services(settings: Settings) -> None:
-    ensure_rabbitmq(settings.amqp_url)
+    # A cluster (several nodes in VF_AMQP_URL) runs elsewhere: only a first local node is started.
+    ensure_rabbitmq(settings.amqp_url.split(",")[0].strip())
     ensure_redis(settings.redis_url)
 
 

@@ -213,6 +213,31 @@ def test_rabbitmq_persists_with_a_user_per_role(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_broker_cluster_has_replicated_work_queues_and_every_worker_knows_its_nodes(
+    overlay: str,
+) -> None:
+    """What tests/chaos/test_node_loss.py proved: quorum work queues, every node in the workers'
+    VF_AMQP_URL; the gateways keep the client Service (spread over the nodes); one node keeps
+    classic queues (faster hops)."""
+    docs = built(overlay)
+    (cluster,) = by_kind(docs, "RabbitmqCluster").values()
+    nodes = cluster["spec"]["replicas"]
+    assert config(docs)["VF_WORK_QUEUE_TYPE"] == ("quorum" if nodes >= 3 else "classic")
+    deployments = by_kind(docs, "Deployment")
+    for role in FLEET_ROLES:
+        env = {
+            e["name"]: e.get("value") for e in container(deployments[f"voicefleet-{role}"])["env"]
+        }
+        hosts = [url.split("@", 1)[1].split(":", 1)[0] for url in env["VF_AMQP_URL"].split(",")]
+        if nodes >= 3 and role != "gateway":
+            assert sorted(hosts) == [
+                f"voicefleet-rabbitmq-server-{n}.voicefleet-rabbitmq-nodes" for n in range(nodes)
+            ], (role, hosts)
+        else:
+            assert hosts == ["voicefleet-rabbitmq"], (role, hosts)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_redis_persists(overlay: str) -> None:
     statefulset = by_kind(built(overlay), "StatefulSet")["voicefleet-redis"]
     redis = statefulset["spec"]["template"]["spec"]["containers"][0]

@@ -88,6 +88,17 @@ async def test_beyond_the_length_limit_the_oldest_work_is_dead_lettered(
     assert await waiting(bus, bus.names.stt_sessions) == 2
 
 
+async def test_a_fleet_of_another_queue_type_stops_with_a_clear_error(
+    bus: Bus, settings: Settings
+) -> None:
+    # The namespace's queues are classic (the bus fixture); a process set to quorum queues
+    # (VF_WORK_QUEUE_TYPE) finds them of the wrong type: PRECONDITION_FAILED from the broker.
+    quorum = settings.model_copy(update={"work_queue_type": "quorum"})
+    with pytest.raises(TopologyMismatch, match="VF_WORK_QUEUE_TYPE"):
+        await Bus.connect(quorum, "test-other-type")
+    assert await waiting(bus, bus.names.llm_turns) == 0
+
+
 async def test_a_queue_declared_with_other_bounds_is_a_clear_error(
     bus: Bus, settings: Settings
 ) -> None:
