@@ -2,24 +2,31 @@
 
 In front of the chat server it shows what the fleet asked the model (``chat_messages``), byte
 for byte relayed; ``refuse()`` makes it drop every connection, as a chat server that went away
-would, and ``accept()`` ends that. In front of gateways it is a load balancer: new connections go
-to whatever ``upstream`` is when they arrive.
+would, and ``accept()`` ends that. ``hold_after_first_sentence`` stops each streamed reply once its
+first sentence has passed, as a model slower than speech would, until ``release()``. In front of
+gateways it is a load balancer: new connections go to whatever ``upstream`` is when they arrive.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import threading
 from typing import Any
 
 _HEADER_END = b"\r\n\r\n"
+_EVENT_END = re.compile(rb"\n\n(?:\r\n)?")
+_CONTENT = re.compile(rb'"content"\s*:\s*("(?:[^"\\]|\\.)*")')
+# A sentence end and the start of two more words: enough for any sentence cutter to let it go.
+_FIRST_SENTENCE_PASSED = re.compile(r"[.!?][\"')\]]*\s+\S+\s+\S")
 
 
 class Relay:
     upstream: tuple[str, int]  # where new connections go (may be changed at any time)
     whole_replies: bool = False  # hold each response until it is complete (may be changed)
+    hold_after_first_sentence: bool = False  # see the module's docstring (may be changed)
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
@@ -29,6 +36,7 @@ class Relay:
         self._sent: list[bytearray] = []  # client -> server bytes, one buffer per connection
         self._open: set[socket.socket] = set()
         self._refusing = False
+        self._held: dict[socket.socket, bytearray] = {}  # client -> reply bytes not yet passed on
         self._thread = threading.Thread(target=self._accept, name="chat-tap", daemon=True)
 
     @property
@@ -51,6 +59,15 @@ class Relay:
 
     def accept(self) -> None:
         self._refusing = False
+
+    def release(self) -> None:
+        """Pass on what ``hold_after_first_sentence`` held, and stop holding."""
+        self.hold_after_first_sentence = False
+        with self._lock:
+            held, self._held = self._held, {}
+        for client, data in held.items():
+            with contextlib.suppress(OSError):
+                client.sendall(data)
 
     def requests(self) -> list[dict[str, Any]]:
         """The JSON bodies of every request relayed so far, in the order connections opened."""
@@ -120,12 +137,16 @@ class Relay:
             source.close()
 
     def _pump_back(self, server: socket.socket, client: socket.socket) -> None:
-        """Server to client: at once, or one whole response at a time (``whole_replies``)."""
+        """Server to client: at once, one whole response at a time (``whole_replies``), or up to
+        the end of a reply's first sentence (``hold_after_first_sentence``)."""
         held = bytearray()
+        reply_text = ""
         try:
             while data := server.recv(65536):
                 held.extend(data)
-                if not self.whole_replies or _response_complete(held):
+                if self.hold_after_first_sentence:
+                    reply_text = self._pass_on_first_sentence(client, held, reply_text)
+                elif not self.whole_replies or _response_complete(held):
                     client.sendall(held)
                     held.clear()
         except OSError:
@@ -138,7 +159,34 @@ class Relay:
                     sock.shutdown(socket.SHUT_RDWR)
             with self._lock:
                 self._open.discard(server)
+                self._held.pop(client, None)
             server.close()
+
+    def _pass_on_first_sentence(self, client: socket.socket, new: bytearray, text: str) -> str:
+        """Send ``new`` event by event until the reply's text has a first sentence; hold the rest
+        for ``release()``. Returns the reply's text so far."""
+        with self._lock:
+            if client in self._held:
+                self._held[client].extend(new)
+                new.clear()
+                return text
+            if new.startswith(b"HTTP/"):
+                text = ""  # the next response on a kept-alive connection
+            passed = 0
+            for end in _EVENT_END.finditer(new):
+                event = bytes(new[passed : end.end()])
+                for quoted in _CONTENT.findall(event):
+                    with contextlib.suppress(ValueError):
+                        text += str(json.loads(quoted))
+                passed = end.end()
+                if _FIRST_SENTENCE_PASSED.search(text):
+                    self._held[client] = bytearray(new[passed:])
+                    break
+            else:
+                passed = len(new)  # the start of an event that will be passed on whole
+            client.sendall(new[:passed])
+            new.clear()
+            return text
 
 
 def _response_complete(data: bytearray) -> bool:

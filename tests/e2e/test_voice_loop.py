@@ -61,6 +61,10 @@ async def test_spoken_question_gets_a_spoken_answer(fleet: Fleet) -> None:
 
 
 async def test_barge_in_stops_old_audio(fleet: Fleet) -> None:
+    assert fleet.chat_tap is not None
+    # The model answers in a few short sentences, which it can finish, and TTS speak, before the
+    # interruption is heard: the rest of the reply comes only once the barge-in is seen.
+    fleet.chat_tap.hold_after_first_sentence = True
     client = VoiceClient(fleet.ws_url)
     await client.connect()
     try:
@@ -74,6 +78,7 @@ async def test_barge_in_stops_old_audio(fleet: Fleet) -> None:
         await client.stream(pcm(speech(INTERRUPTION), silence(2.5)))
 
         cancel = await client.wait_for("audio_cancel", timeout=30, turn=old_turn)
+        fleet.chat_tap.release()
         before_cancel = client.received[: client.index_of(cancel)]
         assert not any(
             r.kind == "audio_end" and isinstance(r.data, dict) and r.data["turn"] == old_turn
@@ -99,6 +104,7 @@ async def test_barge_in_stops_old_audio(fleet: Fleet) -> None:
         cut = [h for h in history if h.interrupted]
         assert any("knight" in h.user.lower() or "dragon" in h.user.lower() for h in cut), history
     finally:
+        fleet.chat_tap.release()
         await client.close()
 
 
