@@ -16,6 +16,9 @@ from enum import Enum
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 # More acknowledgements in a row than this are talk, not a backchannel.
 _MOST_PHRASES = 3
+# A partial is a guess at speech still going on: one word of it that is no acknowledgement may
+# be the start of one ("uh" of "uh-huh"). Two such words, or a question, interrupt at once.
+_PARTIAL_WORDS_THAT_INTERRUPT = 2
 
 
 class Verdict(Enum):
@@ -65,8 +68,9 @@ class Backchannels:
 
     def judge(self, text: str, *, final: bool, waited_s: float) -> Verdict:
         """What the user said since speech started over the reply (``final``: all of it)."""
-        if spoken_words(text) and not self.is_acknowledgement(text):
-            return Verdict.INTERRUPT
-        if final or waited_s >= self.decide_within_s:
-            return Verdict.RESUME
-        return Verdict.WAIT
+        decided = final or waited_s >= self.decide_within_s
+        words = spoken_words(text)
+        if words and not self.is_acknowledgement(text):
+            sure = decided or "?" in text or len(words) >= _PARTIAL_WORDS_THAT_INTERRUPT
+            return Verdict.INTERRUPT if sure else Verdict.WAIT
+        return Verdict.RESUME if decided else Verdict.WAIT

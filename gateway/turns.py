@@ -264,8 +264,8 @@ class TurnMachine:
             return None
         return self._turn
 
-    def _pause(self, turn: _Turn, now: float) -> list[Command]:
-        self._listening = _Listening(now)
+    def _pause(self, turn: _Turn, now: float, heard: str = "") -> list[Command]:
+        self._listening = _Listening(now, heard)
         turn.paused_at = now
         return [AudioPause(turn.number), ExpectDecision(now, self._backchannels.decide_within_s)]
 
@@ -279,13 +279,14 @@ class TurnMachine:
         turn = self._turn
         if not spoken_words(text) or turn is None or not turn.still_playing(now):
             return []
-        if turn.first_audio_at is not None and self._backchannels.is_acknowledgement(text):
-            # Words over the reply whose speech start came before the reply's audio did.
-            if final:
-                self._listening = _Listening(now, text, paused=False)
-                return []
-            return self._pause(turn, now)
-        return self._barge_in(now)
+        verdict = self._backchannels.judge(text, final=final, waited_s=0.0)
+        if turn.first_audio_at is None or verdict is Verdict.INTERRUPT:
+            return self._barge_in(now)
+        # Words over the reply whose speech start came before the reply's audio did.
+        if final:
+            self._listening = _Listening(now, text, paused=False)
+            return []
+        return self._pause(turn, now, heard=text)
 
     def _decide(
         self, listening: _Listening, text: str, *, final: bool, waited_s: float, now: float

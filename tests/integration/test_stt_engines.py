@@ -339,8 +339,8 @@ def test_cpu_threads_setting_sizes_whisper_s_thread_pool() -> None:
 async def test_a_short_acknowledgement_is_written_as_one(
     real_engines: SttEngines, spy: RecordingRecognizer, said: str, voice: str
 ) -> None:
-    """Unprimed, Whisper base wrote these "First high.", "Rider." and "Yes."; the gateway would
-    have taken the first two for an interruption."""
+    """Unprimed, Whisper base wrote these "That's high.", "Rider." and "Yage" (measured): the
+    gateway would have taken each for an interruption."""
     settings = get_settings()
     transcriber = StreamingTranscriber(_engines(real_engines, spy), settings, "en")
     (final,) = _finals(

@@ -48,8 +48,13 @@ def test_requests_questions_and_long_runs_are_not_acknowledgements(heard: str) -
 @pytest.mark.parametrize(
     ("text", "final", "waited_s", "verdict"),
     [
-        ("Wait", False, 0.1, Verdict.INTERRUPT),
+        ("Wait, stop", False, 0.1, Verdict.INTERRUPT),
         ("Yeah, but", False, 0.1, Verdict.INTERRUPT),
+        ("Why?", False, 0.1, Verdict.INTERRUPT),
+        # One word of a partial may be the start of an acknowledgement ("uh" of "uh-huh").
+        ("Uh", False, 0.1, Verdict.WAIT),
+        ("Uh", False, 0.6, Verdict.INTERRUPT),
+        ("Wait.", True, 0.3, Verdict.INTERRUPT),
         ("What about it?", True, 1.0, Verdict.INTERRUPT),
         ("Yeah.", False, 0.3, Verdict.WAIT),
         ("Yeah.", False, 0.6, Verdict.RESUME),
@@ -59,7 +64,7 @@ def test_requests_questions_and_long_runs_are_not_acknowledgements(heard: str) -
         ("", True, 0.2, Verdict.RESUME),
     ],
 )
-def test_words_decide_at_once_acknowledgements_and_silence_by_the_end_or_the_bound(
+def test_words_decide_at_once_one_word_acknowledgements_and_silence_by_the_end_or_the_bound(
     text: str, final: bool, waited_s: float, verdict: Verdict
 ) -> None:
     assert ENGLISH.judge(text, final=final, waited_s=waited_s) is verdict

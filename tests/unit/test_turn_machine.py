@@ -135,11 +135,11 @@ def test_speech_over_the_reply_cancels_it_and_records_what_was_heard() -> None:
 
     # Half of the sentence has played when the user talks over it: it pauses there.
     assert machine.speech_started(2.0) == [AudioPause(1), ExpectDecision(2.0, DECIDE_WITHIN)]
-    assert machine.partial_transcript("Wait.", 2.5) == [
+    assert machine.partial_transcript("Wait, stop.", 2.5) == [
         CancelTurn(1, unanswered=False),
         Heard(1, "Tell me a story.", "Once upon a time…", True, False),
         AudioCancel(1),
-        Transcript("Wait.", final=False),
+        Transcript("Wait, stop.", final=False),
     ]
     # Nothing of the cancelled turn goes out afterwards.
     assert machine.reply_audio(reply_audio(1, 1, 1.0, THE_END), 2.1) == []
@@ -152,9 +152,26 @@ def test_a_partial_with_words_cancels_the_reply_before_it_is_sent() -> None:
     ask(machine, "Tell me a story.", 0.0, number=1)
     machine.reply_audio(reply_audio(1, 0, 2.0, ONCE), 1.0)
 
-    commands = machine.partial_transcript("wait", 1.5)
+    commands = machine.partial_transcript("wait, stop", 1.5)
     assert commands[0] == CancelTurn(1, unanswered=False)
-    assert commands[-2:] == [AudioCancel(1), Transcript("wait", final=False)]
+    assert commands[-2:] == [AudioCancel(1), Transcript("wait, stop", final=False)]
+
+
+def test_one_word_over_the_reply_pauses_it_until_more_is_heard() -> None:
+    machine = TurnMachine(ENGLISH)
+    ask(machine, "Tell me a story.", 0.0, number=1)
+    machine.reply_audio(reply_audio(1, 0, 2.0, ONCE), 1.0)
+
+    # Its speech start came before the reply's audio: the words are the first sign of it.
+    assert machine.partial_transcript("Uh", 1.5) == [
+        AudioPause(1),
+        ExpectDecision(1.5, DECIDE_WITHIN),
+        Transcript("Uh", final=False),
+    ]
+    assert machine.final_transcript("Uh-huh.", 1.9) == [
+        AudioResume(1),
+        Transcript("Uh-huh.", final=True),
+    ]
 
 
 def test_a_partial_without_words_is_no_barge_in() -> None:
