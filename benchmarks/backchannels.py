@@ -19,7 +19,7 @@ each 100 ms frame at the start of its 100 ms, as soon as it could have it; a rea
 frame adds up to 100 ms more).
 
 Run (heavy; a whole fleet): flock /tmp/vf/heavy.lock python -m benchmarks.backchannels
-    [--decision-s 0.6] [--repeat 1]
+    [--decision-s SECONDS (default: VF_BARGE_IN_DECISION_S)] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import numpy as np
 
 from fleet.audio import FloatArray
 from fleet.contracts import SpeechStarted
+from fleet.settings import Settings
 from tests.event_tap import tapping
 from tests.fleet_processes import Fleet, running_fleet
 from tests.speech import RATE, pcm, silence, speech, wordless
@@ -262,7 +263,7 @@ async def run_trials(fleet: Fleet, made: list[Cue]) -> list[Trial]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--decision-s", type=float, default=0.6)
+    parser.add_argument("--decision-s", type=float, default=Settings().barge_in_decision_s)
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
     made = cues() * args.repeat

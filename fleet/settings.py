@@ -236,7 +236,7 @@ class Settings(BaseSettings):
     )
 
     barge_in_decision_s: float = Field(
-        0.6,
+        1.2,
         gt=0,
         description="When the user speaks over a reply, playback pauses at once (`audio_pause`); "
         "this long after, words that are all acknowledgements (or none) resume it "

@@ -17,7 +17,8 @@ _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 # More acknowledgements in a row than this are talk, not a backchannel.
 _MOST_PHRASES = 3
 # A partial is a guess at speech still going on: one word of it that is no acknowledgement may
-# be the start of one ("uh" of "uh-huh"). Two such words, or a question, interrupt at once.
+# be the start of one ("uh" of "uh-huh") or a mishearing ("yeah, pal" of "yep"). Two such words,
+# or a question, interrupt at once.
 _PARTIAL_WORDS_THAT_INTERRUPT = 2
 
 
@@ -50,9 +51,11 @@ class Backchannels:
 
     def is_acknowledgement(self, text: str) -> bool:
         """Words that are one to a few acknowledgements in a row, and no question."""
-        if "?" in text:
-            return False
-        words = spoken_words(text)
+        phrases, rest = self._acknowledgements_in(spoken_words(text))
+        return "?" not in text and not rest and 0 < phrases <= _MOST_PHRASES
+
+    def _acknowledgements_in(self, words: tuple[str, ...]) -> tuple[int, tuple[str, ...]]:
+        """How many acknowledgements ``words`` begin with, and the words after them."""
         longest = max((len(p) for p in self.phrases), default=0)
         phrases = 0
         while words:
@@ -61,16 +64,26 @@ class Backchannels:
                 0,
             )
             if not match:
-                return False
+                break
             words = words[match:]
             phrases += 1
-        return 0 < phrases <= _MOST_PHRASES
+        return phrases, words
+
+    def _may_become_one(self, text: str) -> bool:
+        """A partial that may still end as an acknowledgement: acknowledgements, then at most one
+        word more, or the start of an acknowledgement ("okay, i" of "okay, i see")."""
+        phrases, rest = self._acknowledgements_in(spoken_words(text))
+        if "?" in text or phrases > _MOST_PHRASES:
+            return False
+        return len(rest) < _PARTIAL_WORDS_THAT_INTERRUPT or any(
+            p[: len(rest)] == rest for p in self.phrases
+        )
 
     def judge(self, text: str, *, final: bool, waited_s: float) -> Verdict:
         """What the user said since speech started over the reply (``final``: all of it)."""
         decided = final or waited_s >= self.decide_within_s
-        words = spoken_words(text)
-        if words and not self.is_acknowledgement(text):
-            sure = decided or "?" in text or len(words) >= _PARTIAL_WORDS_THAT_INTERRUPT
-            return Verdict.INTERRUPT if sure else Verdict.WAIT
+        if spoken_words(text) and not self.is_acknowledgement(text):
+            if decided or not self._may_become_one(text):
+                return Verdict.INTERRUPT
+            return Verdict.WAIT
         return Verdict.RESUME if decided else Verdict.WAIT

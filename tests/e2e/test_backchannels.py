@@ -39,11 +39,11 @@ def between(client: VoiceClient, first: Received, last: Received) -> list[Receiv
     return client.received[client.index_of(first) + 1 : client.index_of(last)]
 
 
-async def over_the_reply_then_resumed(fleet: Fleet, cue: bytes) -> None:
+async def over_the_reply_then_resumed(fleet: Fleet, cue: bytes, url: str = "") -> VoiceClient:
     """Play ``cue`` over a reply: it pauses, resumes, and the whole reply follows, unanswered."""
     assert fleet.chat_tap is not None
     fleet.chat_tap.hold_after_first_sentence = True
-    client = VoiceClient(fleet.ws_url)
+    client = VoiceClient(url or fleet.ws_url)
     await client.connect()
     try:
         async with tapping(fleet.settings, client.session_id) as tap:
@@ -78,16 +78,28 @@ async def over_the_reply_then_resumed(fleet: Fleet, cue: bytes) -> None:
     finally:
         fleet.chat_tap.release()
         await client.close()
+    return client
 
 
 async def test_an_acknowledgement_pauses_the_reply_and_then_the_rest_of_it_follows(
     fleet: Fleet,
 ) -> None:
-    await over_the_reply_then_resumed(fleet, pcm(speech("Uh-huh.", voice="bf_emma")))
+    await over_the_reply_then_resumed(fleet, pcm(speech("Uh-huh.", voice="am_adam")))
 
 
-async def test_a_pause_for_a_sound_without_words_resumes(fleet: Fleet) -> None:
-    await over_the_reply_then_resumed(fleet, pcm(wordless("Hmm.")))
+async def test_a_pause_without_words_in_time_resumes(fleet: Fleet) -> None:
+    """Speech starts, no words come within VF_BARGE_IN_DECISION_S (made short here, so that the
+    recognizer cannot have any by then): the reply resumes on its own."""
+    with fleet.extra_gateway("gateway-quick", VF_BARGE_IN_DECISION_S="0.05") as url:
+        client = await over_the_reply_then_resumed(fleet, pcm(wordless("Ha ha.", "af_heart")), url)
+    resume = await client.wait_for("audio_resume", timeout=1)
+    pause = await client.wait_for("audio_pause", timeout=1)
+    heard = [
+        r
+        for r in between(client, pause, resume)
+        if r.kind == "transcript" and isinstance(r.data, dict) and words(str(r.data["text"]))
+    ]
+    assert not heard, f"the resume waited for words: {heard}"
 
 
 async def test_a_real_interruption_pauses_then_cancels_the_reply_with_nothing_stale_after(
