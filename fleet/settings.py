@@ -23,6 +23,17 @@ def _default_models_dir() -> Path:
     return Path.home() / ".cache" / "voicefleet" / "models"
 
 
+# Backchannels (VF_BARGE_IN_ACKNOWLEDGEMENTS): short, and never a request of their own.
+DEFAULT_ACKNOWLEDGEMENTS = {
+    "en": "uh-huh, yeah, right, okay, mm-hmm, uh huh, mhm, mm, hmm, hm, yes, yep, yup, ok, "
+    "alright, all right, i see, sure, got it, oh, ah, aha, cool, great, nice, wow, true, "
+    "exactly, indeed, of course, fine, good, go on",
+    "de": "mhm, ja, genau, okay, ok, aha, hm, stimmt, richtig, klar, ach so, gut, super",
+    "fr": "mhm, oui, ouais, d'accord, ok, okay, ah bon, je vois, hm, voilà, bien, exactement",
+    "es": "ajá, sí, vale, claro, ya, ok, okay, bueno, ya veo, mhm, exacto, bien",
+}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VF_", extra="ignore")
 
@@ -226,6 +237,23 @@ class Settings(BaseSettings):
     )
     transcripts_max_age: str = Field(
         "7D", description="Retention of the `vf.transcripts` stream (RabbitMQ x-max-age)."
+    )
+
+    barge_in_decision_s: float = Field(
+        1.2,
+        gt=0,
+        description="When the user speaks over a reply, playback pauses at once (`audio_pause`); "
+        "this long after, words that are all acknowledgements (or none) resume it "
+        "(`audio_resume`) without waiting for the end of the user's turn (s). Words that are "
+        "not an acknowledgement cancel the reply whenever they come.",
+    )
+    barge_in_acknowledgements: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_ACKNOWLEDGEMENTS),
+        description="Per language (JSON object of Whisper language code to comma-separated "
+        "phrases): what a listener says over a reply to show they follow, which resumes it "
+        "instead of cancelling it. A language not listed has none. The first four also prime "
+        "the speech recognizer for short utterances (up to 1.5 s), which it otherwise often "
+        "mishears as other words.",
     )
 
     # --- models ------------------------------------------------------------------------------

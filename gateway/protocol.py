@@ -222,6 +222,18 @@ class AudioEnd(ServerEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class AudioPause(ServerEvent):
+    TYPE: ClassVar[str] = "audio_pause"
+    turn: int
+
+
+@dataclass(frozen=True, slots=True)
+class AudioResume(ServerEvent):
+    TYPE: ClassVar[str] = "audio_resume"
+    turn: int
+
+
+@dataclass(frozen=True, slots=True)
 class AudioCancel(ServerEvent):
     TYPE: ClassVar[str] = "audio_cancel"
     turn: int

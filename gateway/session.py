@@ -13,7 +13,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import assert_never
+from typing import ClassVar, assert_never
 
 import structlog
 from redis.exceptions import RedisError
@@ -42,6 +42,7 @@ from fleet.topology import BrokerUnavailable
 from gateway.auth import Authenticator, AuthError
 from gateway.history import History
 from gateway.hub import BrokerLost, Hub
+from gateway.interruptions import Backchannels
 from gateway.limits import AudioRate
 from gateway.protocol import (
     ClientCommand,
@@ -58,6 +59,7 @@ from gateway.protocol import (
 from gateway.turns import (
     CancelTurn,
     Command,
+    ExpectDecision,
     FirstAudio,
     Heard,
     SendAudio,
@@ -76,16 +78,27 @@ class _Session:
     language: str
     uplink: Uplink
     history: History
+    turns: TurnMachine
     # Handed to this connection's client only: what it resumes the session with next time.
     resume_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-    turns: TurnMachine = field(default_factory=TurnMachine)
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionDue:
+    """Not a wire message: the time for a decision on a paused reply is up (ExpectDecision)."""
+
+    KIND: ClassVar[str] = "decision.due"
+    paused_at: float
 
 
 # What an event other than reply audio counts against VF_SEND_QUEUE_MAX_BYTES.
 _EVENT_BYTES = 256
 
 
-def _queued_size(message: Message | BrokerLost) -> int:
+Inbound = Message | BrokerLost | DecisionDue
+
+
+def _queued_size(message: Inbound) -> int:
     return _EVENT_BYTES + (len(message.pcm) if isinstance(message, AudioOut) else 0)
 
 
@@ -111,7 +124,7 @@ class ClientConnection:
         self._send_lock = asyncio.Lock()
         # Events for the client, bounded in bytes (VF_SEND_QUEUE_MAX_BYTES): a client that
         # falls further behind is closed rather than buffered for.
-        self._inbox: asyncio.Queue[Message | BrokerLost] = asyncio.Queue()
+        self._inbox: asyncio.Queue[Inbound] = asyncio.Queue()
         self._inbox_bytes = 0
         self._overflowed = False
         self._events: asyncio.Task[None] | None = None
@@ -142,7 +155,7 @@ class ClientConnection:
         except (WebSocketDisconnect, RuntimeError, OSError):
             self._closed = True
 
-    def _deliver(self, message: Message | BrokerLost) -> None:
+    def _deliver(self, message: Inbound) -> None:
         """The hub's sink: queue an event for the client, unless it is too far behind."""
         size = _queued_size(message)
         if self._inbox_bytes + size > self.settings.send_queue_max_bytes:
@@ -320,12 +333,18 @@ class ClientConnection:
         # another's id without its secret: the client must not learn that the session exists.
         session_id = start.session_id if owned and start.session_id else uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(session_id=session_id)
+        language = start.language or self.settings.stt_language
+        backchannels = Backchannels.parse(
+            self.settings.barge_in_acknowledgements.get(language, ""),
+            self.settings.barge_in_decision_s,
+        )
         return _Session(
             session_id,
             voice=start.voice or self.settings.tts_voice,
-            language=start.language or self.settings.stt_language,
+            language=language,
             uplink=Uplink(self.hub.bus, session_id, self.stream_id, self.settings.replay_max_bytes),
             history=History(self.hub.store, self.hub.bus, session_id),
+            turns=TurnMachine(backchannels),
         )
 
     def _check_engines(self, session: _Session) -> None:
@@ -422,7 +441,7 @@ class ClientConnection:
             except Exception:
                 log.exception("event_failed", kind=message.KIND)
 
-    async def _on_event(self, session: _Session, message: Message | BrokerLost) -> None:
+    async def _on_event(self, session: _Session, message: Inbound) -> None:
         now = time.monotonic()
         turns = session.turns
         match message:
@@ -443,6 +462,8 @@ class ClientConnection:
                 raise _taken_over()
             case SpeechStarted():
                 await self._execute(session, turns.speech_started(now), now)
+            case DecisionDue(paused_at=paused_at):
+                await self._execute(session, turns.decision_due(paused_at, now), now)
             case TranscriptPartial(text=text):
                 await self._execute(session, turns.partial_transcript(text, now), now)
             case TranscriptFinal(text=text, upto_seq=upto):
@@ -487,5 +508,9 @@ class ClientConnection:
                     await session.history.record(command)
                 case FirstAudio(waited_s=waited):
                     telemetry.GATEWAY_TTFA.observe(waited)
+                case ExpectDecision(paused_at=paused_at, within_s=within):
+                    asyncio.get_running_loop().call_later(
+                        within, self._deliver, DecisionDue(paused_at)
+                    )
                 case _:
                     assert_never(command)

@@ -4,25 +4,35 @@ The connection feeds in what happens, one event at a time and with the time it h
 user's speech (speech started, partial and final transcripts) and the reply (its text, audio,
 end and failure). It carries out, in order, the commands that come back: events and audio for the
 client, turns to start or cancel in the fleet, and what the user heard for the history.
+
+Speech over a reply that is playing pauses it first (``audio_pause``; the reply's audio is held
+here, its making goes on); the words then decide (gateway/interruptions.py): a real interruption
+cancels the reply, an acknowledgement or no words resume it (``audio_resume``, then the held
+audio) and start no turn.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fleet.audio import OUTPUT_SAMPLE_RATE
 from fleet.contracts import AudioOut
 from fleet.errors import ErrorCode
+from gateway.interruptions import Backchannels, Verdict, spoken_words
 from gateway.playback import ReplyAssembler
 from gateway.protocol import (
     AssistantText,
     AudioCancel,
     AudioEnd,
+    AudioPause,
+    AudioResume,
     AudioStart,
     Error,
     ServerEvent,
     Transcript,
 )
+
+_BYTES_PER_SECOND = OUTPUT_SAMPLE_RATE * 2
 
 # --- commands ------------------------------------------------------------------------------
 
@@ -76,7 +86,15 @@ class FirstAudio:
     waited_s: float
 
 
-Command = ServerEvent | SendAudio | StartTurn | CancelTurn | Heard | FirstAudio
+@dataclass(frozen=True, slots=True)
+class ExpectDecision:
+    """Call :meth:`TurnMachine.decision_due` with ``paused_at`` once ``within_s`` have passed."""
+
+    paused_at: float
+    within_s: float
+
+
+Command = ServerEvent | SendAudio | StartTurn | CancelTurn | Heard | FirstAudio | ExpectDecision
 
 
 # --- the machine ---------------------------------------------------------------------------
@@ -91,44 +109,86 @@ class _Turn:
     first_audio_at: float | None = None
     recorded: bool = False
     next_delta: int = 0
+    # While the client is paused: since when, and the reply audio held back meanwhile.
+    paused_at: float | None = None
+    paused_s: float = 0.0
+    held: list[bytes] = field(default_factory=list)
 
-    def seconds_played(self, now: float) -> float:
+    def _playback_clock(self, now: float) -> float:
+        """Seconds the client has been playing this reply: it plays audio as it arrives, so its
+        clock starts at the first audio, and stands still while paused."""
         if self.first_audio_at is None:
             return 0.0
-        return min(now - self.first_audio_at, self.reply.seconds_emitted)
+        paused = self.paused_s + (0.0 if self.paused_at is None else now - self.paused_at)
+        return now - self.first_audio_at - paused
+
+    def seconds_played(self, now: float) -> float:
+        return min(self._playback_clock(now), self.reply.seconds_emitted)
+
+    @property
+    def seconds_sent(self) -> float:
+        return self.reply.seconds_emitted - sum(map(len, self.held)) / _BYTES_PER_SECOND
 
     def still_playing(self, now: float) -> bool:
-        """Whether the user may still be hearing (or waiting for) this reply.
-
-        The client plays audio as it arrives, so its playback clock starts at the first audio.
-        """
+        """Whether the user may still be hearing (or waiting for) this reply."""
         if not self.reply.complete:
             return True
-        return self.first_audio_at is not None and now < self.first_audio_at + (
-            self.reply.seconds_emitted
+        return self.first_audio_at is not None and (
+            self._playback_clock(now) < self.reply.seconds_emitted
         )
 
 
+@dataclass
+class _Listening:
+    """The user speaks over the playing reply; what they say decides what becomes of it."""
+
+    since: float
+    heard: str = ""
+    paused: bool = True
+
+
 class TurnMachine:
-    def __init__(self) -> None:
+    def __init__(self, backchannels: Backchannels) -> None:
+        self._backchannels = backchannels
         self._turn: _Turn | None = None
         # The request of a turn cut off before any of its reply played: the user paused
         # mid-request and went on. The next turn answers it together with what followed.
         self._unanswered = ""
+        # Speech over the current turn's reply, until its final transcript (or another turn).
+        self._listening: _Listening | None = None
 
     # --- the user ------------------------------------------------------------------------------
 
     def speech_started(self, now: float) -> list[Command]:
-        return self._barge_in(now)
+        turn = self._turn
+        if turn is None or not turn.still_playing(now):
+            return []
+        if turn.first_audio_at is None:
+            # Nothing has played: the user is still making the request (see _barge_in).
+            return self._barge_in(now)
+        if self._listening is not None and self._listening.paused:
+            return []
+        return self._pause(turn, now)
 
     def partial_transcript(self, text: str, now: float) -> list[Command]:
-        commands = self._barge_in(now) if text.strip() else []
-        return [*commands, Transcript(text, final=False)]
+        # A decision precedes the transcript that caused it.
+        return [*self._hear(text, now, final=False), Transcript(text, final=False)]
+
+    def decision_due(self, paused_at: float, now: float) -> list[Command]:
+        """The time for a decision on the pause that began at ``paused_at`` is up."""
+        listening = self._listening
+        if listening is None or not listening.paused or listening.since != paused_at:
+            return []
+        waited = max(now - listening.since, self._backchannels.decide_within_s)
+        return self._decide(listening, listening.heard, final=False, waited_s=waited, now=now)
 
     def final_transcript(self, text: str, now: float) -> list[Command]:
+        commands = self._hear(text, now, final=True)
+        if self._listening is not None:
+            # An acknowledgement, or no words, over the reply: it goes on; this is no new turn.
+            self._listening = None
+            return [*commands, Transcript(text, final=True)]
         said = text.strip()
-        # A cancel precedes the transcript that caused it, as it does for partials.
-        commands = self._barge_in(now) if said else []
         commands.append(Transcript(text, final=True))
         # Speech that had no words (a cough) cut a request off: it is answered still.
         if said or self._unanswered:
@@ -138,6 +198,7 @@ class TurnMachine:
 
     def turn_started(self, number: int, text: str, now: float) -> None:
         self._turn = _Turn(number, text, now, ReplyAssembler(number))
+        self._listening = None
 
     # --- the reply -----------------------------------------------------------------------------
 
@@ -162,8 +223,12 @@ class TurnMachine:
                 current.first_audio_at = now
                 commands.append(FirstAudio(now - current.started_at))
                 commands.append(AudioStart(OUTPUT_SAMPLE_RATE, current.number))
-            if chunk.pcm:
+            if not chunk.pcm:
+                continue
+            if current.paused_at is None:
                 commands.append(SendAudio(chunk.pcm))
+            else:
+                current.held.append(chunk.pcm)
         return commands + self._finish_if_complete(current)
 
     def reply_done(self, turn: int, sentences: int) -> list[Command]:
@@ -197,7 +262,7 @@ class TurnMachine:
             unanswered = turn.first_audio_at is None
             commands.append(CancelTurn(turn.number, unanswered, reason="turn_cancelled_on_close"))
         if not turn.recorded:
-            commands.append(self._heard(turn, interrupted=True, seconds=turn.reply.seconds_emitted))
+            commands.append(self._heard(turn, interrupted=True, seconds=turn.seconds_sent))
         return commands
 
     # --- decisions -----------------------------------------------------------------------------
@@ -208,9 +273,53 @@ class TurnMachine:
             return None
         return self._turn
 
+    def _pause(self, turn: _Turn, now: float, heard: str = "") -> list[Command]:
+        self._listening = _Listening(now, heard)
+        turn.paused_at = now
+        return [AudioPause(turn.number), ExpectDecision(now, self._backchannels.decide_within_s)]
+
+    def _hear(self, text: str, now: float, *, final: bool) -> list[Command]:
+        """Words (or none) of the user's speech: over a playing reply they decide its fate."""
+        listening = self._listening
+        if listening is not None:
+            return self._decide(
+                listening, text, final=final, waited_s=now - listening.since, now=now
+            )
+        turn = self._turn
+        if not spoken_words(text) or turn is None or not turn.still_playing(now):
+            return []
+        verdict = self._backchannels.judge(text, final=final, waited_s=0.0)
+        if turn.first_audio_at is None or verdict is Verdict.INTERRUPT:
+            return self._barge_in(now)
+        # Words over the reply whose speech start came before the reply's audio did.
+        if final:
+            self._listening = _Listening(now, text, paused=False)
+            return []
+        return self._pause(turn, now, heard=text)
+
+    def _decide(
+        self, listening: _Listening, text: str, *, final: bool, waited_s: float, now: float
+    ) -> list[Command]:
+        listening.heard = text
+        verdict = self._backchannels.judge(text, final=final, waited_s=waited_s)
+        if verdict is Verdict.INTERRUPT:
+            return self._barge_in(now)
+        if verdict is Verdict.WAIT or not listening.paused:
+            return []
+        listening.paused = False
+        turn = self._turn
+        if turn is None or turn.paused_at is None:
+            return []
+        turn.paused_s += now - turn.paused_at
+        turn.paused_at = None
+        held, turn.held = turn.held, []
+        resumed: list[Command] = [AudioResume(turn.number), *(SendAudio(pcm) for pcm in held)]
+        return resumed + self._finish_if_complete(turn)
+
     def _barge_in(self, now: float) -> list[Command]:
         """The user spoke: if over the reply, stop it everywhere and keep what was heard."""
         turn = self._turn
+        self._listening = None
         if turn is None or not turn.still_playing(now):
             return []
         self._turn = None
@@ -225,7 +334,8 @@ class TurnMachine:
         return commands
 
     def _finish_if_complete(self, turn: _Turn) -> list[Command]:
-        if not turn.reply.complete or turn.recorded:
+        # While paused, the end waits for the held audio it follows.
+        if not turn.reply.complete or turn.recorded or turn.paused_at is not None:
             return []
         # Recorded first: once the client hears the turn ended, its history holds it, even if
         # this gateway dies the next moment and the client resumes elsewhere.

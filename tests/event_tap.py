@@ -78,6 +78,19 @@ class EventTap:
         assert message is not None
         return message
 
+    async def wait_for_nth(
+        self,
+        kind: type[M],
+        count: int,
+        *,
+        timeout: float = 60.0,  # noqa: ASYNC109 - as in wait_for
+    ) -> M:
+        """The ``count``-th event of ``kind`` (from 1), received so far or later: for kinds whose
+        messages are all alike, such as ``speech.started``."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: len(self.of(kind)) >= count)
+        return self.of(kind)[count - 1]
+
     async def caught_up(self, bus: Bus, session_id: str, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Return once every event of ``session_id`` confirmed before the call has arrived.
 

@@ -105,3 +105,13 @@ def median_pitch(audio: FloatArray, rate: int = RATE) -> float:
 def reply_audio(pcm24k: bytes) -> FloatArray:
     """24 kHz reply audio as 16 kHz float32, like the test utterances."""
     return resample(pcm16_to_float32(pcm24k), 24000, RATE)
+
+
+@lru_cache(maxsize=8)
+def wordless(text: str, voice: str = "am_adam") -> FloatArray:
+    """A voiced sound with no word in it: Kokoro saying ``text`` played backwards.
+
+    Made for the voice detector to hear a voice (synthetic noise bursts and hums do not start an
+    utterance at all: Silero takes them for noise) without anything to transcribe.
+    """
+    return np.ascontiguousarray(speech(text, voice)[::-1])

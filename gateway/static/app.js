@@ -203,6 +203,8 @@ function newTurn(n) {
     playbackEndAt: null,
     ttfpMs: null, // final transcript -> playback started
     underruns: 0,
+    pauses: 0, // audio_pause events: the user spoke over this reply
+    resumes: 0, // audio_resume events: it was an acknowledgement, the reply went on
   };
   const li = document.createElement('li');
   li.className = 'msg assistant';
@@ -545,6 +547,18 @@ function onServerText(text) {
       if (audioTurn === m.turn) audioTurn = null;
       if (playbackNode && !cancelledTurns.has(m.turn)) playbackNode.port.postMessage({ type: 'end', turn: m.turn });
       renderTurnMeta(rec);
+      break;
+    }
+    case 'audio_pause':
+    case 'audio_resume': {
+      // The user speaks over the reply: hold it where it is until the server decides whether
+      // that was an interruption (audio_cancel follows) or an acknowledgement (audio_resume).
+      const pause = m.type === 'audio_pause';
+      if (playbackNode) playbackNode.port.postMessage({ type: pause ? 'pause' : 'resume', turn: m.turn });
+      const rec = getTurn(m.turn);
+      if (pause) rec.pauses++;
+      else rec.resumes++;
+      unduck(); // paused, nothing to duck; resumed, at full volume
       break;
     }
     case 'audio_cancel': {

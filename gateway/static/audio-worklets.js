@@ -208,6 +208,8 @@ class CaptureProcessor extends AudioWorkletProcessor {
 //   { type: "end", turn }                                  no more audio for this turn (flush)
 //   { type: "clear" }                                      drop everything now (barge-in)
 //   { type: "config", sourceRate }                         change the source rate (clears)
+//   { type: "pause", turn } / { type: "resume", turn }    hold playback where it is / go on
+//                                                          from that very sample (nothing dropped)
 // Messages out:
 //   { type: "started", turn, time }   first sample of a turn reached the output
 //   { type: "drained", turn, time }   the turn's audio (after "end") has fully played
@@ -234,6 +236,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.ended = false; // "end" received for this.turn
     this.playing = false; // false while (re)buffering
     this.startedTurn = null;
+    this.paused = false; // "pause" of this.turn: output silent, queue kept, until "resume"
     this.tmp = new Float32Array(8192);
   }
 
@@ -257,6 +260,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.resampler.reset();
     this.playing = false;
     this.ended = false;
+    this.paused = false;
     const turn = this.turn;
     this.turn = null;
     this.startedTurn = null;
@@ -274,6 +278,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
           this.turn = m.turn;
           this.ended = false;
           this.playing = false;
+          this.paused = false;
           this.targetMs = this.prebufferMs;
         }
         const pcm = new Int16Array(m.pcm);
@@ -296,6 +301,14 @@ class PlaybackProcessor extends AudioWorkletProcessor {
         this.port.postMessage({ type: 'cleared', turn, droppedMs, time: currentTime });
         break;
       }
+      case 'pause': {
+        if (m.turn === this.turn) this.paused = true;
+        break;
+      }
+      case 'resume': {
+        if (m.turn === this.turn) this.paused = false;
+        break;
+      }
       case 'config': {
         this._configure(m.sourceRate || 24000);
         break;
@@ -316,6 +329,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
   process(_inputs, outputs) {
     const out = outputs[0][0];
     const n = out.length;
+    if (this.paused) return true; // output stays silent; the next sample waits for "resume"
     if (!this.playing) {
       const prebuffer = (this.targetMs / 1000) * sampleRate;
       if (this.queued > 0 && (this.queued >= prebuffer || this.ended)) {

@@ -21,6 +21,7 @@ import pytest
 from fleet.audio import FloatArray
 from fleet.model_paths import model_paths
 from fleet.settings import Settings, get_settings
+from gateway.interruptions import Backchannels
 from tests.speech import FRAME_BYTES, RATE, frames, silence, speech
 from workers.stt.endpointing import StartSpeech
 from workers.stt.engines import SpeechRecognizer
@@ -327,3 +328,32 @@ def test_cpu_threads_setting_sizes_whisper_s_thread_pool() -> None:
         )
         counts[threads] = int(done.stdout.split()[-1])
     assert counts[2] > counts[1], counts
+
+
+# --- acknowledgements (README: VF_BARGE_IN_ACKNOWLEDGEMENTS primes short utterances) ---------
+
+
+@pytest.mark.parametrize(
+    ("said", "voice"), [("Uh-huh.", "am_adam"), ("Right.", "bm_george"), ("Yeah.", "af_heart")]
+)
+async def test_a_short_acknowledgement_is_written_as_one(
+    real_engines: SttEngines, spy: RecordingRecognizer, said: str, voice: str
+) -> None:
+    """Unprimed, Whisper base wrote these "That's high.", "Rider." and "Yage" (measured): the
+    gateway would have taken each for an interruption."""
+    settings = get_settings()
+    transcriber = StreamingTranscriber(_engines(real_engines, spy), settings, "en")
+    (final,) = _finals(
+        await _run(transcriber, frames(silence(0.3), speech(said, voice), silence(2.0)))
+    )
+    acknowledgements = Backchannels.parse(settings.barge_in_acknowledgements["en"], 0.6)
+    assert acknowledgements.is_acknowledgement(final.text), final.text
+
+
+async def test_a_short_request_is_still_written_as_itself(
+    real_engines: SttEngines, spy: RecordingRecognizer
+) -> None:
+    transcriber = StreamingTranscriber(_engines(real_engines, spy), get_settings(), "en")
+    chunks = frames(silence(0.3), speech("Wait.", "bf_emma"), silence(2.0))
+    (final,) = _finals(await _run(transcriber, chunks))
+    assert _words(final.text).split() == ["wait"], final.text

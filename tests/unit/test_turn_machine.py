@@ -9,10 +9,14 @@ from typing import TypeVar
 
 from fleet.contracts import AudioOut
 from fleet.errors import ErrorCode
+from fleet.settings import DEFAULT_ACKNOWLEDGEMENTS
+from gateway.interruptions import Backchannels
 from gateway.protocol import (
     AssistantText,
     AudioCancel,
     AudioEnd,
+    AudioPause,
+    AudioResume,
     AudioStart,
     Error,
     Transcript,
@@ -20,6 +24,7 @@ from gateway.protocol import (
 from gateway.turns import (
     CancelTurn,
     Command,
+    ExpectDecision,
     FirstAudio,
     Heard,
     SendAudio,
@@ -30,6 +35,8 @@ from gateway.turns import (
 SID = "session-0123456789"
 ONCE = "Once upon a time there was a brave knight."  # 8 words
 THE_END = "The end."
+DECIDE_WITHIN = 0.6
+ENGLISH = Backchannels.parse(DEFAULT_ACKNOWLEDGEMENTS["en"], DECIDE_WITHIN)
 
 T = TypeVar("T")
 
@@ -56,7 +63,7 @@ def of_type(commands: list[Command], kind: type[T]) -> list[T]:
 
 
 def test_a_final_transcript_is_sent_then_answered_as_a_new_turn() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     assert machine.final_transcript("  What time is it? ", 0.0) == [
         Transcript("  What time is it? ", final=True),
         StartTurn("What time is it?"),
@@ -64,14 +71,14 @@ def test_a_final_transcript_is_sent_then_answered_as_a_new_turn() -> None:
 
 
 def test_a_final_transcript_without_words_starts_no_turn() -> None:
-    assert TurnMachine().final_transcript(" ", 0.0) == [Transcript(" ", final=True)]
+    assert TurnMachine(ENGLISH).final_transcript(" ", 0.0) == [Transcript(" ", final=True)]
 
 
 # --- the reply -------------------------------------------------------------------------------
 
 
 def test_reply_audio_starts_with_audio_start_and_ends_with_audio_end_once_recorded() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Tell me a story.", 1.0, number=3)
 
     first = machine.reply_audio(reply_audio(3, 0, 1.0, ONCE), 1.5)
@@ -83,13 +90,13 @@ def test_reply_audio_starts_with_audio_start_and_ends_with_audio_end_once_record
 
 
 def test_a_reply_without_audio_is_recorded_but_gets_no_audio_end() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Hello.", 0.0, number=1)
     assert machine.reply_done(1, sentences=0) == [Heard(1, "Hello.", "", False, False)]
 
 
 def test_reply_text_repeated_by_a_retried_turn_is_sent_once() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Hello.", 0.0, number=1)
     sent = [
         *machine.reply_text(1, 0, "Hi "),
@@ -102,7 +109,7 @@ def test_reply_text_repeated_by_a_retried_turn_is_sent_once() -> None:
 
 
 def test_events_of_another_turn_are_stale() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Hello.", 0.0, number=5)
     assert machine.reply_text(4, 0, "old") == []
     assert machine.reply_audio(reply_audio(4, 0, 1.0, ONCE), 0.5) == []
@@ -111,7 +118,7 @@ def test_events_of_another_turn_are_stale() -> None:
 
 
 def test_a_failed_reply_is_reported_with_its_code() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Hello.", 0.0, number=1)
     assert machine.reply_failed(1, ErrorCode.LLM_FAILED, "timed out", None, 0.5) == [
         Error(ErrorCode.LLM_FAILED, "timed out")
@@ -119,7 +126,7 @@ def test_a_failed_reply_is_reported_with_its_code() -> None:
 
 
 def test_a_sentence_given_up_is_skipped_and_the_reply_plays_on_to_its_end() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Tell me a story.", 0.0, number=1)
     # The third sentence arrives first; the second's synthesis is given up after one chunk.
     assert machine.reply_audio(reply_audio(1, 2, 1.0, THE_END), 0.5) == []
@@ -138,7 +145,7 @@ def test_a_sentence_given_up_is_skipped_and_the_reply_plays_on_to_its_end() -> N
 
 
 def test_a_reply_whose_every_sentence_was_given_up_still_starts_and_ends() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Hello.", 0.0, number=1)
     machine.reply_done(1, sentences=1)
     given_up = machine.reply_failed(1, ErrorCode.TTS_FAILED, "no such voice", 0, 0.5)
@@ -148,7 +155,7 @@ def test_a_reply_whose_every_sentence_was_given_up_still_starts_and_ends() -> No
 
 
 def test_a_sentence_given_up_before_its_turn_to_play_is_skipped_when_reached() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Tell me a story.", 0.0, number=1)
     assert (
         of_type(machine.reply_failed(1, ErrorCode.TTS_FAILED, "gave up", 1, 0.5), SendAudio) == []
@@ -164,15 +171,17 @@ def test_a_sentence_given_up_before_its_turn_to_play_is_skipped_when_reached() -
 
 
 def test_speech_over_the_reply_cancels_it_and_records_what_was_heard() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Tell me a story.", 0.0, number=1)
     machine.reply_audio(reply_audio(1, 0, 2.0, ONCE), 1.0)
 
-    # Half of the sentence has played when the user talks over it.
-    assert machine.speech_started(2.0) == [
+    # Half of the sentence has played when the user talks over it: it pauses there.
+    assert machine.speech_started(2.0) == [AudioPause(1), ExpectDecision(2.0, DECIDE_WITHIN)]
+    assert machine.partial_transcript("Wait, stop.", 2.5) == [
         CancelTurn(1, unanswered=False),
         Heard(1, "Tell me a story.", "Once upon a time…", True, False),
         AudioCancel(1),
+        Transcript("Wait, stop.", final=False),
     ]
     # Nothing of the cancelled turn goes out afterwards.
     assert machine.reply_audio(reply_audio(1, 1, 1.0, THE_END), 2.1) == []
@@ -181,24 +190,41 @@ def test_speech_over_the_reply_cancels_it_and_records_what_was_heard() -> None:
 
 
 def test_a_partial_with_words_cancels_the_reply_before_it_is_sent() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Tell me a story.", 0.0, number=1)
     machine.reply_audio(reply_audio(1, 0, 2.0, ONCE), 1.0)
 
-    commands = machine.partial_transcript("wait", 1.5)
+    commands = machine.partial_transcript("wait, stop", 1.5)
     assert commands[0] == CancelTurn(1, unanswered=False)
-    assert commands[-2:] == [AudioCancel(1), Transcript("wait", final=False)]
+    assert commands[-2:] == [AudioCancel(1), Transcript("wait, stop", final=False)]
+
+
+def test_one_word_over_the_reply_pauses_it_until_more_is_heard() -> None:
+    machine = TurnMachine(ENGLISH)
+    ask(machine, "Tell me a story.", 0.0, number=1)
+    machine.reply_audio(reply_audio(1, 0, 2.0, ONCE), 1.0)
+
+    # Its speech start came before the reply's audio: the words are the first sign of it.
+    assert machine.partial_transcript("Uh", 1.5) == [
+        AudioPause(1),
+        ExpectDecision(1.5, DECIDE_WITHIN),
+        Transcript("Uh", final=False),
+    ]
+    assert machine.final_transcript("Uh-huh.", 1.9) == [
+        AudioResume(1),
+        Transcript("Uh-huh.", final=True),
+    ]
 
 
 def test_a_partial_without_words_is_no_barge_in() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Tell me a story.", 0.0, number=1)
     machine.reply_audio(reply_audio(1, 0, 2.0, ONCE), 1.0)
     assert machine.partial_transcript(" ", 1.5) == [Transcript(" ", final=False)]
 
 
 def test_speech_after_the_reply_has_played_is_no_barge_in() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Tell me a story.", 0.0, number=1)
     machine.reply_audio(reply_audio(1, 0, 2.0, ONCE), 1.0)
     machine.reply_done(1, sentences=1)
@@ -211,7 +237,7 @@ def test_speech_after_the_reply_has_played_is_no_barge_in() -> None:
 
 
 def test_speech_while_a_fully_sent_reply_still_plays_corrects_its_history() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Tell me a story.", 0.0, number=1)
     machine.reply_audio(reply_audio(1, 0, 2.0, ONCE), 1.0)
     machine.reply_audio(reply_audio(1, 1, 1.0, THE_END), 1.1)
@@ -221,15 +247,16 @@ def test_speech_while_a_fully_sent_reply_still_plays_corrects_its_history() -> N
     ]
 
     # Sent in full, but the client has played only 1.5 of its 3 seconds.
-    assert machine.speech_started(2.5) == [
+    assert machine.partial_transcript("Hold on", 2.5) == [
         CancelTurn(1, unanswered=False),
         Heard(1, "Tell me a story.", "Once upon a time there was…", True, correction=True),
         AudioCancel(1),
+        Transcript("Hold on", final=False),
     ]
 
 
 def test_a_turn_cut_off_by_the_connection_ending_is_recorded_as_far_as_it_was_sent() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Tell me a story.", 0.0, number=1)
     machine.reply_audio(reply_audio(1, 0, 2.0, ONCE), 1.0)
     assert machine.closed() == [
@@ -239,7 +266,7 @@ def test_a_turn_cut_off_by_the_connection_ending_is_recorded_as_far_as_it_was_se
 
 
 def test_the_connection_ending_before_any_reply_cancels_the_turn() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Tell me a story.", 0.0, number=1)
     assert machine.closed() == [
         CancelTurn(1, unanswered=True, reason="turn_cancelled_on_close"),
@@ -248,7 +275,7 @@ def test_the_connection_ending_before_any_reply_cancels_the_turn() -> None:
 
 
 def test_the_connection_ending_after_a_recorded_turn_records_nothing_more() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Hello.", 0.0, number=1)
     machine.reply_done(1, sentences=0)
     assert machine.closed() == []
@@ -258,7 +285,7 @@ def test_the_connection_ending_after_a_recorded_turn_records_nothing_more() -> N
 
 
 def test_a_request_continued_before_any_reply_played_is_answered_whole() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Tell me a story about a knight.", 0.0, number=1)
     machine.reply_text(1, 0, "Once")  # text may precede the audio; nothing has played
 
@@ -278,7 +305,7 @@ def test_a_request_continued_before_any_reply_played_is_answered_whole() -> None
 
 
 def test_a_request_cut_off_by_speech_without_words_is_answered_still() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Tell me a story.", 0.0, number=1)
 
     # A cough: the voice detector hears speech, the transcriber no words.
@@ -290,10 +317,127 @@ def test_a_request_cut_off_by_speech_without_words_is_answered_still() -> None:
 
 
 def test_a_request_answered_together_with_its_continuation_is_not_asked_again() -> None:
-    machine = TurnMachine()
+    machine = TurnMachine(ENGLISH)
     ask(machine, "Tell me a story.", 0.0, number=1)
     ask(machine, "About a dragon.", 0.5, number=3)
     machine.reply_audio(reply_audio(3, 0, 1.0, ONCE), 1.0)
     machine.reply_done(3, sentences=1)
 
     assert ask(machine, "Thanks.", 3.0, number=4)[-1] == StartTurn("Thanks.")
+
+
+# --- speech over the reply: pause, then resume or cancel ----------------------------------------
+
+
+def playing_story(number: int = 1) -> TurnMachine:
+    """A reply whose first sentence (2 s) started playing at 1.0; more of it is on its way."""
+    machine = TurnMachine(ENGLISH)
+    ask(machine, "Tell me a story.", 0.0, number=number)
+    machine.reply_audio(reply_audio(number, 0, 2.0, ONCE), 1.0)
+    return machine
+
+
+def test_an_acknowledgement_resumes_the_reply_with_the_audio_held_meanwhile_and_no_new_turn() -> (
+    None
+):
+    machine = playing_story()
+    assert machine.speech_started(1.5) == [AudioPause(1), ExpectDecision(1.5, DECIDE_WITHIN)]
+    # The reply goes on being made; its audio and its end wait for the decision.
+    assert machine.reply_audio(reply_audio(1, 1, 1.0, THE_END), 1.6) == []
+    assert machine.reply_done(1, sentences=2) == []
+    assert machine.partial_transcript("Uh-huh.", 1.9) == [Transcript("Uh-huh.", final=False)]
+
+    assert machine.final_transcript("Uh-huh.", 2.0) == [
+        AudioResume(1),
+        SendAudio(bytes(48000)),
+        Heard(1, "Tell me a story.", f"{ONCE} {THE_END}", False, False),
+        AudioEnd(1),
+        Transcript("Uh-huh.", final=True),
+    ]
+
+
+def test_the_time_paused_is_not_counted_as_heard() -> None:
+    machine = playing_story()
+    machine.speech_started(1.5)  # 0.5 s played
+    machine.final_transcript("Yeah.", 2.0)  # resumed
+    machine.speech_started(2.5)  # 0.5 s more
+    assert of_type(machine.partial_transcript("Stop, please.", 2.8), Heard) == [
+        Heard(1, "Tell me a story.", "Once upon a time…", True, False)
+    ]
+
+
+def test_a_real_interruption_while_paused_cancels_and_the_held_audio_never_goes_out() -> None:
+    machine = playing_story()
+    machine.speech_started(1.5)
+    assert machine.reply_audio(reply_audio(1, 1, 1.0, THE_END), 1.6) == []
+
+    cancelled = machine.partial_transcript("Wait, what about", 1.9)
+    assert cancelled[0] == CancelTurn(1, unanswered=False)
+    assert cancelled[-2:] == [AudioCancel(1), Transcript("Wait, what about", final=False)]
+    assert not of_type(cancelled, SendAudio)
+    assert machine.decision_due(1.5, 2.1) == []
+    assert machine.final_transcript("Wait, what about the dragon?", 2.6) == [
+        Transcript("Wait, what about the dragon?", final=True),
+        StartTurn("Wait, what about the dragon?"),
+    ]
+
+
+def test_a_pause_without_words_resumes_when_the_time_for_a_decision_is_up() -> None:
+    machine = playing_story()
+    machine.speech_started(1.5)
+    machine.reply_audio(reply_audio(1, 1, 1.0, THE_END), 1.6)
+
+    assert machine.decision_due(1.5, 2.1) == [AudioResume(1), SendAudio(bytes(48000))]
+    # Once decided, a late reminder changes nothing.
+    assert machine.decision_due(1.5, 2.2) == []
+
+
+def test_an_acknowledgement_heard_early_keeps_the_pause_until_the_turn_ends_or_time_is_up() -> None:
+    machine = playing_story()
+    machine.speech_started(1.5)
+    assert machine.partial_transcript("Mm-hmm.", 1.8) == [Transcript("Mm-hmm.", final=False)]
+    assert machine.decision_due(1.5, 2.1) == [AudioResume(1)]
+    assert machine.final_transcript("Mm-hmm.", 2.4) == [Transcript("Mm-hmm.", final=True)]
+
+
+def test_words_that_come_after_the_reply_resumed_still_interrupt_it() -> None:
+    machine = playing_story()
+    machine.speech_started(1.5)
+    machine.decision_due(1.5, 2.1)
+
+    later = machine.partial_transcript("Tell me instead", 2.4)
+    assert [c for c in later if isinstance(c, CancelTurn | AudioCancel)] == [
+        CancelTurn(1, unanswered=False),
+        AudioCancel(1),
+    ]
+    assert machine.final_transcript("Tell me instead about dragons.", 3.0)[-1] == StartTurn(
+        "Tell me instead about dragons."
+    )
+
+
+def test_a_question_is_an_interruption_even_in_the_words_of_an_acknowledgement() -> None:
+    machine = playing_story()
+    machine.speech_started(1.5)
+    assert machine.final_transcript("Okay?", 2.0) == [
+        CancelTurn(1, unanswered=False),
+        Heard(1, "Tell me a story.", "Once upon…", True, False),
+        AudioCancel(1),
+        Transcript("Okay?", final=True),
+        StartTurn("Okay?"),
+    ]
+
+
+def test_a_stale_reminder_does_not_decide_a_later_pause() -> None:
+    machine = playing_story()
+    machine.speech_started(1.5)
+    machine.final_transcript("Right.", 1.9)
+    machine.speech_started(2.2)
+    assert machine.decision_due(1.5, 2.3) == []
+    assert machine.decision_due(2.2, 2.8) == [AudioResume(1)]
+
+
+def test_a_connection_ending_while_paused_records_only_the_audio_sent() -> None:
+    machine = playing_story()
+    machine.speech_started(1.5)
+    machine.reply_audio(reply_audio(1, 1, 1.0, THE_END), 1.6)
+    assert of_type(machine.closed(), Heard) == [Heard(1, "Tell me a story.", ONCE, True, False)]

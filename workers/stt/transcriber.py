@@ -49,6 +49,19 @@ FINAL_BEAM = 5
 # making the prompt dominate the decode.
 _PROMPT_CHARS = 200
 _WORDLIKE = re.compile(r"\w")
+# Short utterances are where Whisper base is weakest: with no context it writes a spoken
+# "uh-huh" as "First high." and "right" as "Rider." Primed with a few of the language's
+# acknowledgements it writes them as such, and short requests ("Stop.", "Why?") still as
+# themselves (measured on Kokoro voices: benchmarks/backchannels.py); longer speech is decoded
+# unprimed, where the priming could only bend it.
+_PRIMED_UTTERANCE_S = 1.5
+_PRIMING_PHRASES = 4
+
+
+def acknowledgement_prompt(listed: str) -> str:
+    """The priming text for short utterances: the first acknowledgements as short sentences."""
+    phrases = [p.strip() for p in listed.split(",") if p.strip()][:_PRIMING_PHRASES]
+    return " ".join(f"{p[:1].upper()}{p[1:]}." for p in phrases)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +138,9 @@ class StreamingTranscriber:
     def __init__(self, engines: SttEngines, settings: Settings, language: str) -> None:
         self._engines = engines
         self._language = language or settings.stt_language
+        self._short_prompt = acknowledgement_prompt(
+            settings.barge_in_acknowledgements.get(self._language, "")
+        )
         self._endpointer = Endpointer(
             EndpointConfig.from_settings(
                 settings, sample_rate=INPUT_SAMPLE_RATE, chunk=engines.vad.chunk_samples
@@ -287,6 +303,8 @@ class StreamingTranscriber:
     ) -> str | None:
         """The text of `audio`, or None when the job went stale before it ran."""
         prompt = self._committed[-_PROMPT_CHARS:]
+        if not prompt and audio.size <= _PRIMED_UTTERANCE_S * INPUT_SAMPLE_RATE:
+            prompt = self._short_prompt
         recognizer = self._engines.recognizer
 
         purpose = "partial" if priority == BACKGROUND else "final"
