@@ -31,8 +31,12 @@ from tests.private_services import free_port
 from tests.speech import likeness, pcm, silence, speech, transcribe_reply, words
 from voicefleet.client import VoiceClient
 
-# The broker Service comes from the RabbitMQ cluster operator, so the overlay does not render it.
-OPERATOR_SERVICES = ("voicefleet-rabbitmq",)
+# The broker Service, and the address of each of its pods (what the multi-node overlay lists as
+# a cluster's nodes), come from the RabbitMQ cluster operator, so the overlay does not render them.
+OPERATOR_SERVICES = (
+    "voicefleet-rabbitmq",
+    *(f"voicefleet-rabbitmq-server-{n}.voicefleet-rabbitmq-nodes" for n in range(3)),
+)
 QUESTION = "What is the capital of France?"
 
 
