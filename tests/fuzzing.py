@@ -432,6 +432,7 @@ _by_type: dict[str, st.SearchStrategy[Any]] = {
     "bytes": st.integers(0, 800).map(bytes) | st.binary(max_size=801),
 }
 _by_type["ErrorCode"] = _by_type["str"]  # any code, documented or not
+_by_type["int | None"] = st.none() | _by_type["int"]
 
 
 @st.composite
