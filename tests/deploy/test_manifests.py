@@ -340,3 +340,17 @@ def test_validator_rejects_a_wrong_type_or_api_version() -> None:
     deployment = copy.deepcopy(by_kind(built("one-box"), "Deployment")["voicefleet-gateway"])
     deployment["spec"]["template"]["spec"]["terminationGracePeriod"] = 45
     assert validate_resource(deployment, crds())
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_variable_a_container_expands_is_defined_before_it(overlay: str) -> None:
+    """Kubernetes expands ``$(NAME)`` in an env value only with a NAME defined earlier in the
+    list; later, the text stays as it is (a broker URL with the literal ``$(AMQP_USER)`` in it)."""
+    for kind in ("Deployment", "StatefulSet"):
+        for name, workload in by_kind(built(overlay), kind).items():
+            for spec in workload["spec"]["template"]["spec"]["containers"]:
+                defined: set[str] = set()
+                for variable in spec.get("env", []):
+                    used = set(re.findall(r"\$\((\w+)\)", str(variable.get("value", ""))))
+                    assert used <= defined, (name, variable["name"], sorted(used - defined))
+                    defined.add(variable["name"])
