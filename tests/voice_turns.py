@@ -12,6 +12,9 @@ QUESTION = "What is the capital of France?"
 SECOND_QUESTION = "What colour is the sky?"
 # A request the small model answers at length (to its token limit), and a question to cut it off.
 LONG_REQUEST = "Please tell me a long story about a brave knight and a friendly dragon."
+# A system prompt under which even the small chat model tells the long request a long story (the
+# fleet's default asks for one to three short sentences).
+STORYTELLER = "You are a storyteller. Your stories are long and detailed, twenty sentences or more."
 INTERRUPTION = "Stop. What is two plus two?"
 
 

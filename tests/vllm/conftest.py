@@ -7,6 +7,7 @@ import pytest
 from tests.fleet_processes import ARTIFACTS, Fleet, running_fleet
 from tests.prerequisites import require
 from tests.vllm_server import VllmServer, running_vllm, vllm_missing
+from tests.voice_turns import STORYTELLER
 
 # Long enough that a long story is still being generated when the user talks over its first
 # sentences (the model runs it to the limit: about 15 s on an idle machine).
@@ -37,5 +38,6 @@ def vllm_fleet(vllm: VllmServer) -> Iterator[Fleet]:
         llm_model=vllm.served_model_name,
         llm_api_key=vllm.api_key,
         llm_max_tokens=str(REPLY_TOKENS),
+        llm_system_prompt=STORYTELLER,
     ) as fleet:
         yield fleet

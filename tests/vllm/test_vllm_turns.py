@@ -15,7 +15,6 @@ from collections.abc import Callable
 import pytest
 
 from fleet.contracts import TurnRequest
-from fleet.settings import Settings
 from tests.fleet_processes import Fleet
 from tests.speech import pcm, silence, speech, spoken_words, words
 from tests.vllm_server import VllmServer
@@ -24,6 +23,7 @@ from tests.voice_turns import (
     LONG_REQUEST,
     QUESTION,
     SECOND_QUESTION,
+    STORYTELLER,
     voice_turn,
 )
 from voicefleet.client import VoiceClient
@@ -93,7 +93,7 @@ async def test_the_conversation_and_the_turns_seed_reach_vllm(
         history[0].assistant
     ), history
     assert spoken_words(history[-1].user) == spoken_words(second.heard), history
-    assert messages == build_messages(Settings().llm_system_prompt, history[:-1], history[-1].user)
+    assert messages == build_messages(STORYTELLER, history[:-1], history[-1].user)
     assert body["model"] == vllm.served_model_name
     assert body["seed"] == reply_seed(TurnRequest(client.session_id, second.number, second.heard))
 
