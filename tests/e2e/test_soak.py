@@ -156,7 +156,9 @@ async def test_ten_sessions_with_garbage_keep_the_gateway_memory_flat(soak_fleet
         + ", ".join(f"{name} {count}" for name, count in sorted(totals.items()))
         + f"\ngateway RSS: {samples[0][1]:.1f} MB at start, {baseline:.1f} MB after the "
         f"{WARM_UP_S:.0f} s warm-up, {warm[-1]:.1f} MB at the end, {max(warm):.1f} MB at most "
-        f"after warm-up: growth {growth:.1f} MB (bound {MAX_GROWTH_MB:.0f} MB)"
+        f"after warm-up: growth {growth:.1f} MB (bound {MAX_GROWTH_MB:.0f} MB)\n"
+        + "gateway RSS over time: "
+        + ", ".join(f"{at:.0f} s {rss:.1f} MB" for at, rss in samples[::8])
     )
     assert totals["connections ended: stop"] and totals["connections ended: drop"]
     assert growth < MAX_GROWTH_MB
