@@ -5,6 +5,8 @@ The wire format everywhere is PCM16 little-endian mono; models want float32 in [
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator
+
 import numpy as np
 import numpy.typing as npt
 import soxr
@@ -25,6 +27,18 @@ def pcm16_to_float32(pcm: bytes) -> FloatArray:
     usable = len(pcm) - (len(pcm) % 2)
     samples = np.frombuffer(pcm[:usable], dtype="<i2")
     return (samples.astype(np.float32) / _INT16_SCALE).astype(np.float32)
+
+
+async def whole_samples(pieces: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """PCM16 from a byte stream cut anywhere (HTTP chunks), re-cut so that every piece holds
+    whole samples; a trailing odd byte is dropped."""
+    carry = b""
+    async for piece in pieces:
+        data = carry + piece
+        cut = len(data) - len(data) % 2
+        carry = data[cut:]
+        if cut:
+            yield data[:cut]
 
 
 def float32_to_pcm16(samples: npt.NDArray[np.floating]) -> bytes:

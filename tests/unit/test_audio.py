@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 import numpy as np
 
-from fleet.audio import INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, FloatArray, resample
+from fleet.audio import (
+    INPUT_SAMPLE_RATE,
+    OUTPUT_SAMPLE_RATE,
+    FloatArray,
+    resample,
+    whole_samples,
+)
 
 
 def tone(freq: float, rate: int, seconds: float = 1.0) -> FloatArray:
@@ -27,3 +36,15 @@ def test_a_tone_above_the_new_nyquist_rate_does_not_alias_into_the_output() -> N
     out = resample(tone(8800.0, OUTPUT_SAMPLE_RATE), OUTPUT_SAMPLE_RATE, INPUT_SAMPLE_RATE)
     middle = out[INPUT_SAMPLE_RATE // 10 : -INPUT_SAMPLE_RATE // 10]
     assert float(np.sqrt(np.mean(middle**2))) < 0.5 * 10 ** (-60 / 20)  # 60 dB down
+
+
+def test_a_byte_stream_cut_anywhere_is_recut_on_sample_boundaries() -> None:
+    async def pieces() -> AsyncIterator[bytes]:
+        for piece in (b"\x01", b"\x02\x03", b"", b"\x04\x05\x06", b"\x07"):
+            yield piece
+
+    async def collect() -> list[bytes]:
+        return [piece async for piece in whole_samples(pieces())]
+
+    recut = asyncio.run(collect())
+    assert recut == [b"\x01\x02", b"\x03\x04\x05\x06"]  # the odd last byte is dropped

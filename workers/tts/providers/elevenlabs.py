@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from fleet.audio import OUTPUT_SAMPLE_RATE
+from fleet.audio import OUTPUT_SAMPLE_RATE, whole_samples
 from fleet.settings import Settings
 from workers.tts.providers.base import ProviderUnavailable
 
@@ -41,7 +41,6 @@ class ElevenLabsSynthesizer:
     async def stream(self, text: str, voice: str) -> AsyncIterator[bytes]:
         if not text.strip():
             raise ValueError("nothing to say: the text is empty")
-        carry = b""
         try:
             async with self._client.stream(
                 "POST",
@@ -55,12 +54,8 @@ class ElevenLabsSynthesizer:
                     if response.status_code in (400, 404, 422):
                         raise ValueError(message)
                     raise ProviderUnavailable(message)
-                async for piece in response.aiter_bytes():
-                    data = carry + piece
-                    cut = len(data) - len(data) % 2
-                    carry = data[cut:]
-                    if cut:
-                        yield data[:cut]
+                async for piece in whole_samples(response.aiter_bytes()):
+                    yield piece
         except httpx.HTTPError as exc:
             raise ProviderUnavailable(
                 f"elevenlabs at {self.url} failed: {type(exc).__name__}: {exc}"

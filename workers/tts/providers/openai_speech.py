@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import openai
 
-from fleet.audio import OUTPUT_SAMPLE_RATE
+from fleet.audio import OUTPUT_SAMPLE_RATE, whole_samples
 from fleet.settings import Settings
 from workers.tts.providers.base import ProviderUnavailable
 
@@ -39,17 +39,12 @@ class OpenAISpeechSynthesizer:
     async def stream(self, text: str, voice: str) -> AsyncIterator[bytes]:
         if not text.strip():
             raise ValueError("nothing to say: the text is empty")
-        carry = b""
         try:
             async with self._client.audio.speech.with_streaming_response.create(
                 model=self.model, voice=voice, input=text, response_format="pcm"
             ) as response:
-                async for piece in response.iter_bytes():
-                    data = carry + piece
-                    cut = len(data) - len(data) % 2
-                    carry = data[cut:]
-                    if cut:
-                        yield data[:cut]
+                async for piece in whole_samples(response.iter_bytes()):
+                    yield piece
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
             raise ValueError(f"the openai provider refused the text: {exc.message}") from exc
         except openai.OpenAIError as exc:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
+from fleet.audio import whole_samples
 from fleet.settings import Settings
 from workers.tts.providers.base import ProviderUnavailable
 from workers.tts.providers.versions import VersionRange
@@ -58,7 +59,6 @@ class RemoteSynthesizer:
     async def stream(self, text: str, voice: str) -> AsyncIterator[bytes]:
         if not self._connected:
             await self.connect()
-        carry = b""
         try:
             async with self._client.stream(
                 "POST", f"{self.url}/tts/stream", json={"text": text, "voice": voice}
@@ -77,11 +77,8 @@ class RemoteSynthesizer:
                         f"provider server {self.url} changed its sample rate to "
                         f"{response.headers.get(SAMPLE_RATE_HEADER)} (was {self.sample_rate})"
                     )
-                async for piece in response.aiter_bytes():
-                    # HTTP chunks need not end on a sample boundary; PCM16 pieces must.
-                    piece, carry = _whole_samples(carry + piece)
-                    if piece:
-                        yield piece
+                async for piece in whole_samples(response.aiter_bytes()):
+                    yield piece
         except httpx.HTTPError as exc:
             self._connected = False
             raise ProviderUnavailable(
@@ -93,11 +90,6 @@ class RemoteSynthesizer:
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-def _whole_samples(data: bytes) -> tuple[bytes, bytes]:
-    cut = len(data) - len(data) % 2
-    return data[:cut], data[cut:]
 
 
 def _detail(response: httpx.Response) -> str:
