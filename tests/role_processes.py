@@ -102,16 +102,18 @@ def local_chat_server() -> Iterator[tuple[FleetProcess, str]]:
     url = f"http://127.0.0.1:{port}/v1"
     with role_processes(place) as started:
         server = start_role(started, place, "llm-server", "llm-server", "--port", str(port))
-        deadline = time.monotonic() + CHAT_SERVER_START_S
-        while not serving(url):
-            assert server.process is not None and server.process.poll() is None, server.tail()
-            assert time.monotonic() < deadline, f"chat server not up:\n{server.tail()}"
-            time.sleep(0.3)
+        wait_answering(server, f"{url}/models", CHAT_SERVER_START_S)
         yield server, url
 
 
-def serving(url: str) -> bool:
-    """Whether the chat server at ``url`` answers (its model list)."""
-    with contextlib.suppress(httpx.HTTPError):
-        return httpx.get(f"{url}/models", timeout=2).status_code == 200
-    return False
+def wait_answering(server: FleetProcess, url: str, patience: float) -> None:
+    """Return once GET ``url`` answers 200; fail at once if ``server`` exits, or after
+    ``patience`` seconds. A server coming up tells nothing: asking it is all there is."""
+    deadline = time.monotonic() + patience
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        assert server.process is not None and server.process.poll() is None, server.tail()
+        assert time.monotonic() < deadline, f"{url} not answering:\n{server.tail()}"
+        time.sleep(0.2)

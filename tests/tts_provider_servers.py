@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import httpx
-
 from fleet.settings import Settings
 from tests.fleet_processes import FleetProcess, free_port
-from tests.role_processes import role_processes, start_role
+from tests.role_processes import role_processes, start_role, wait_answering
 
 PROVIDER_START_S = 120.0
 
@@ -33,15 +30,5 @@ def provider_server(engine: str = "kokoro", name: str = "tts-provider") -> Itera
         process = start_role(
             started, place, name, "tts-provider", "--provider", engine, "--port", str(port)
         )
-        deadline = time.monotonic() + PROVIDER_START_S
-        while not healthy(url):
-            assert process.process is not None and process.process.poll() is None, process.tail()
-            assert time.monotonic() < deadline, f"provider server not up:\n{process.tail()}"
-            time.sleep(0.2)
+        wait_answering(process, f"{url}/tts/health", PROVIDER_START_S)
         yield ProviderServer(process, url)
-
-
-def healthy(url: str) -> bool:
-    with contextlib.suppress(httpx.HTTPError):
-        return httpx.get(f"{url}/tts/health", timeout=2).status_code == 200
-    return False
