@@ -148,6 +148,11 @@ class KeyedInbox(Generic[Sink]):
                     continue
                 if ROUTES[type(message)] is not self._route:
                     continue  # not published on this route: it has no key here
-                sink = self._sinks.get(spec.key_of(message))
-                if sink is not None:
-                    sink(message)
+                self._deliver(spec.key_of(message), message)
+
+    def _deliver(self, key: str, message: Message) -> None:
+        # Not inlined in the loop above: a local there would keep the last sink (an ended
+        # connection, with all it holds) alive until the next event comes.
+        sink = self._sinks.get(key)
+        if sink is not None:
+            sink(message)

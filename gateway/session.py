@@ -192,7 +192,12 @@ class ClientConnection:
                     f"(the last: {error.code})",
                 )
         if error.close_code is not None:
-            raise error
+            try:
+                raise error
+            finally:
+                # Raised from a local, the error's traceback holds this frame, which holds the
+                # error: a cycle keeping the whole connection until the cycle collector runs.
+                del error
         await self._fail(error)
 
     async def _unavailable(self, exc: Exception) -> None:
@@ -292,6 +297,10 @@ class ClientConnection:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            # A finished task keeps its exception, whose traceback holds this frame, which holds
+            # the task: a cycle that only the cycle collector frees, and it runs seldom in a big
+            # process. Dropped here, the connection (and the audio it kept) is freed at once.
+            receiving = events = self._events = None
             if session is not None:
                 await self._end(session)
 
