@@ -24,7 +24,7 @@ from fleet.settings import Settings, get_settings
 from gateway.interruptions import Backchannels
 from tests.speech import FRAME_BYTES, RATE, frames, silence, speech
 from workers.stt.endpointing import StartSpeech
-from workers.stt.engines import SpeechRecognizer
+from workers.stt.engines import Recognized, SpeechRecognizer
 from workers.stt.transcriber import (
     PARTIAL_BEAM,
     FinalTranscript,
@@ -58,7 +58,9 @@ class RecordingRecognizer:
         self.inner = inner
         self.lengths: list[int] = []
 
-    def transcribe(self, audio: FloatArray, *, language: str, beam_size: int, prompt: str) -> str:
+    def transcribe(
+        self, audio: FloatArray, *, language: str, beam_size: int, prompt: str
+    ) -> Recognized:
         self.lengths.append(audio.size)
         return self.inner.transcribe(audio, language=language, beam_size=beam_size, prompt=prompt)
 
@@ -259,7 +261,9 @@ class BeamRecorder(RecordingRecognizer):
         super().__init__(inner)
         self.beams: list[int] = []
 
-    def transcribe(self, audio: FloatArray, *, language: str, beam_size: int, prompt: str) -> str:
+    def transcribe(
+        self, audio: FloatArray, *, language: str, beam_size: int, prompt: str
+    ) -> Recognized:
         self.beams.append(beam_size)
         return super().transcribe(audio, language=language, beam_size=beam_size, prompt=prompt)
 
@@ -292,7 +296,7 @@ def test_model_setting_is_the_whisper_model_loaded(tmp_path: Path) -> None:
     own = tmp_path / "my-whisper"
     own.symlink_to(model_paths(get_settings()).whisper_base, target_is_directory=True)
     recognizer = SttEngines.load(Settings(stt_model=str(own))).recognizer
-    text = recognizer.transcribe(speech(QUESTION), language="en", beam_size=5, prompt="")
+    text = recognizer.transcribe(speech(QUESTION), language="en", beam_size=5, prompt="").text
     assert {"capital", "france"} <= set(_words(text).split()), text
 
     missing = tmp_path / "no-whisper-here"
