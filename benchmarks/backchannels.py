@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fleet.audio import FloatArray
-from fleet.contracts import SpeechStarted
+from fleet.contracts import SpeechStarted, TranscriptFinal, TranscriptPartial
 from fleet.settings import Settings
 from tests.event_tap import tapping
 from tests.fleet_processes import Fleet, running_fleet
@@ -119,6 +119,9 @@ class Trial:
     words: float | None = None  # the first transcript with words after the cue began
     heard: str = ""  # its final transcripts
     settled: float | None = None  # the last of the resume and the cancel
+    # Every transcript of the cue as the gateway got it: ms after the onset, text, and the
+    # recognizer's mean token log-probability ("F" marks the final).
+    transcripts: str = ""
 
 
 def cues() -> list[Cue]:
@@ -172,9 +175,15 @@ async def run_trial(fleet: Fleet, request: bytes, cue: Cue) -> Trial:
             detected = asyncio.create_task(arrival(tap.wait_for_nth(SpeechStarted, heard + 1)))
             trial = Trial(cue, time.monotonic() + onset_s(cue.audio))
             cue_at = len(client.received)
+            tapped = len(tap.messages)
             await client.stream(pcm(cue.audio, silence(SETTLE_S)))
             fleet.chat_tap.release()
             trial.speech_started = await detected
+            spoken = [
+                m
+                for m in tap.messages[tapped:]
+                if isinstance(m, TranscriptPartial | TranscriptFinal)
+            ]
     finally:
         fleet.chat_tap.release()
         await client.close()
@@ -188,6 +197,13 @@ async def run_trial(fleet: Fleet, request: bytes, cue: Cue) -> Trial:
     ]
     trial.words = at(said[0]) if said else None
     trial.heard = " / ".join(str(r.fields["text"]) for r in said if r.fields["final"])
+    shown = [r for r in client.received[cue_at:] if r.kind == "transcript"]
+    times = [at(r) for r in shown] if len(shown) == len(spoken) else [None] * len(spoken)
+    trial.transcripts = " ".join(
+        f"[{ms(when, trial.onset)}{' F' if isinstance(m, TranscriptFinal) else ''} "
+        f"{m.text!r} {m.logprob:.2f}]"
+        for when, m in zip(times, spoken, strict=True)
+    )
     settled = [t for t in (trial.cancelled, trial.resumed) if t is not None]
     trial.decided = min(settled) if settled else None
     trial.settled = max(settled) if settled else None
@@ -236,6 +252,7 @@ def report(trials: list[Trial]) -> None:
             f"{ms(t.paused, t.onset):>6} {ms(t.words, t.onset):>6} {ms(t.decided, t.onset):>6} "
             f"{ms(t.settled, t.onset):>6} {ms(t.cancelled, t.onset):>6}  {t.heard!r}"
         )
+        print(f"    {t.transcripts}")
     acks = [t for t in trials if not t.cue.interrupts]
     interruptions = [t for t in trials if t.cue.interrupts]
     false_cancels = sum(1 for t in acks if t.cancelled)

@@ -57,12 +57,15 @@ class RecordingRecognizer:
     def __init__(self, inner: SpeechRecognizer) -> None:
         self.inner = inner
         self.lengths: list[int] = []
+        self.heard: list[Recognized] = []
 
     def transcribe(
         self, audio: FloatArray, *, language: str, beam_size: int, prompt: str
     ) -> Recognized:
         self.lengths.append(audio.size)
-        return self.inner.transcribe(audio, language=language, beam_size=beam_size, prompt=prompt)
+        heard = self.inner.transcribe(audio, language=language, beam_size=beam_size, prompt=prompt)
+        self.heard.append(heard)
+        return heard
 
 
 @pytest.fixture(scope="module")
@@ -361,3 +364,22 @@ async def test_a_short_request_is_still_written_as_itself(
     chunks = frames(silence(0.3), speech("Wait.", "bf_emma"), silence(2.0))
     (final,) = _finals(await _run(transcriber, chunks))
     assert _words(final.text).split() == ["wait"], final.text
+
+
+async def test_transcripts_carry_how_sure_the_recognizer_was(real_engines: SttEngines) -> None:
+    """The gateway takes a few words the recognizer is unsure of for none (over a reply): the
+    final says how sure it was of all of its text, each partial of its own."""
+    recorder = BeamRecorder(real_engines.recognizer)
+    transcriber = StreamingTranscriber(_engines(real_engines, recorder), get_settings(), "en")
+    events = await _run(
+        transcriber, frames(silence(0.3), speech(QUESTION), silence(2.0)), real_time=True
+    )
+    (final,) = _finals(events)
+    commits = [h for h, beam in zip(recorder.heard, recorder.beams, strict=True) if beam > 1]
+    tokens = sum(h.tokens for h in commits)
+    assert tokens > 0
+    assert final.logprob == pytest.approx(sum(h.logprob * h.tokens for h in commits) / tokens)
+    # A question plainly spoken is heard surely (VF_BARGE_IN_LEAST_LOGPROB is -0.5).
+    assert -0.5 < final.logprob < 0, final
+    partials = [e for _, e in events if isinstance(e, PartialTranscript)]
+    assert partials and all(p.logprob < 0 for p in partials), partials
