@@ -240,12 +240,13 @@ class Settings(BaseSettings):
     )
 
     barge_in_decision_s: float = Field(
-        1.2,
+        0.6,
         gt=0,
         description="When the user speaks over a reply, playback pauses at once (`audio_pause`); "
-        "this long after, words that are all acknowledgements (or none) resume it "
-        "(`audio_resume`) without waiting for the end of the user's turn (s). Words that are "
-        "not an acknowledgement cancel the reply whenever they come.",
+        "this long after, words that are all acknowledgements, or may still become one "
+        '("yeah, but"), or none resume it (`audio_resume`) without waiting for the end of the '
+        "user's turn (s). Words that are not an acknowledgement cancel the reply whenever they "
+        "come, after a resume too.",
     )
     barge_in_least_logprob: float = Field(
         -0.5,
@@ -284,7 +285,7 @@ class Settings(BaseSettings):
         8, description="Sessions one STT worker holds at once (its lease prefetch)."
     )
     stt_first_partial_s: float = Field(
-        0.3,
+        0.2,
         gt=0,
         description="Speech after its start (as the voice detector saw it) before the first "
         "partial transcript of an utterance is decoded (s): the first words decide whether "
