@@ -285,7 +285,7 @@ class Settings(BaseSettings):
         8, description="Sessions one STT worker holds at once (its lease prefetch)."
     )
     stt_first_partial_s: float = Field(
-        0.2,
+        0.3,
         gt=0,
         description="Speech after its start (as the voice detector saw it) before the first "
         "partial transcript of an utterance is decoded (s): the first words decide whether "
