@@ -291,8 +291,9 @@ async def test_partial_interval_setting_spaces_the_partials(real_engines: SttEng
     assert partials[1.0], "no partial at all"
     for run in partials[1.0]:
         assert all(b - a >= 1.0 * RATE for a, b in itertools.pairwise(run)), run
-    # Asked for every 30 s, a request of a few seconds gets none.
-    assert partials[30.0] == []
+    # Asked for every 30 s, a request of a few seconds gets only the first partial (decoded
+    # VF_STT_FIRST_PARTIAL_S into the speech), none after it.
+    assert sum(map(len, partials[30.0])) <= 1, partials[30.0]
 
 
 def test_model_setting_is_the_whisper_model_loaded(tmp_path: Path) -> None:
