@@ -18,8 +18,14 @@ The onset is the cue's first loud 10 ms in the audio as streamed at real-time pa
 each 100 ms frame at the start of its 100 ms, as soon as it could have it; a real microphone's
 frame adds up to 100 ms more).
 
+- onset -> the settled decision (the last of them: an interruption's ``audio_cancel`` even if a
+  resume came first), and how many interruptions were first resumed, then cancelled.
+
 Run (heavy; a whole fleet): flock /tmp/vf/heavy.lock python -m benchmarks.backchannels
     [--decision-s SECONDS (default: VF_BARGE_IN_DECISION_S)] [--repeat 1]
+    [--cues SUBSTRING ...] (only the cues whose label has one of them, e.g. ``--cues Hmm Wait``;
+    ``ack``, ``wordless`` or ``int`` pick a kind) [--every N] (every Nth cue, a quick sample)
+    [--env NAME=VALUE ...] (more settings for the fleet, e.g. ``VF_STT_FIRST_PARTIAL_S=0.2``)
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fleet.audio import FloatArray
-from fleet.contracts import SpeechStarted
+from fleet.contracts import SpeechStarted, TranscriptFinal, TranscriptPartial
 from fleet.settings import Settings
 from tests.event_tap import tapping
 from tests.fleet_processes import Fleet, running_fleet
@@ -112,6 +118,10 @@ class Trial:
     resumed: float | None = None
     words: float | None = None  # the first transcript with words after the cue began
     heard: str = ""  # its final transcripts
+    settled: float | None = None  # the last of the resume and the cancel
+    # Every transcript of the cue as the gateway got it: ms after the onset, text, and the
+    # recognizer's mean token log-probability ("F" marks the final).
+    transcripts: str = ""
 
 
 def cues() -> list[Cue]:
@@ -165,9 +175,15 @@ async def run_trial(fleet: Fleet, request: bytes, cue: Cue) -> Trial:
             detected = asyncio.create_task(arrival(tap.wait_for_nth(SpeechStarted, heard + 1)))
             trial = Trial(cue, time.monotonic() + onset_s(cue.audio))
             cue_at = len(client.received)
+            tapped = len(tap.messages)
             await client.stream(pcm(cue.audio, silence(SETTLE_S)))
             fleet.chat_tap.release()
             trial.speech_started = await detected
+            spoken = [
+                m
+                for m in tap.messages[tapped:]
+                if isinstance(m, TranscriptPartial | TranscriptFinal)
+            ]
     finally:
         fleet.chat_tap.release()
         await client.close()
@@ -181,8 +197,16 @@ async def run_trial(fleet: Fleet, request: bytes, cue: Cue) -> Trial:
     ]
     trial.words = at(said[0]) if said else None
     trial.heard = " / ".join(str(r.fields["text"]) for r in said if r.fields["final"])
+    shown = [r for r in client.received[cue_at:] if r.kind == "transcript"]
+    times = [at(r) for r in shown] if len(shown) == len(spoken) else [None] * len(spoken)
+    trial.transcripts = " ".join(
+        f"[{ms(when, trial.onset)}{' F' if isinstance(m, TranscriptFinal) else ''} "
+        f"{m.text!r} {m.logprob:.2f}]"
+        for when, m in zip(times, spoken, strict=True)
+    )
     settled = [t for t in (trial.cancelled, trial.resumed) if t is not None]
     trial.decided = min(settled) if settled else None
+    trial.settled = max(settled) if settled else None
     return trial
 
 
@@ -218,7 +242,7 @@ def spread(values: list[float]) -> str:
 def report(trials: list[Trial]) -> None:
     print(
         f"{'cue':44} {'kind':5} {'outcome':9} {'vad':>5} {'v>pause':>7} {'pause':>6} "
-        f"{'words':>6} {'decide':>6} {'cancel':>6}  heard"
+        f"{'words':>6} {'decide':>6} {'settle':>6} {'cancel':>6}  heard"
     )
     for t in trials:
         outcome = "cancelled" if t.cancelled else ("resumed" if t.resumed else "none")
@@ -226,15 +250,16 @@ def report(trials: list[Trial]) -> None:
             f"{t.cue.label[:44]:44} {'int' if t.cue.interrupts else 'ack':5} {outcome:9} "
             f"{ms(t.speech_started, t.onset):>5} {ms(t.paused, t.speech_started):>7} "
             f"{ms(t.paused, t.onset):>6} {ms(t.words, t.onset):>6} {ms(t.decided, t.onset):>6} "
-            f"{ms(t.cancelled, t.onset):>6}  {t.heard!r}"
+            f"{ms(t.settled, t.onset):>6} {ms(t.cancelled, t.onset):>6}  {t.heard!r}"
         )
+        print(f"    {t.transcripts}")
     acks = [t for t in trials if not t.cue.interrupts]
     interruptions = [t for t in trials if t.cue.interrupts]
     false_cancels = sum(1 for t in acks if t.cancelled)
     caught = sum(1 for t in interruptions if t.cancelled)
     print()
-    print(f"false cancels: {false_cancels}/{len(acks)} = {false_cancels / len(acks):.0%}")
-    print(f"recall: {caught}/{len(interruptions)} = {caught / len(interruptions):.0%}")
+    print(f"false cancels: {false_cancels}/{len(acks)} = {false_cancels / max(1, len(acks)):.0%}")
+    print(f"recall: {caught}/{len(interruptions)} = {caught / max(1, len(interruptions)):.0%}")
     resumed_first = sum(
         1 for t in interruptions if t.resumed and t.cancelled and t.resumed < t.cancelled
     )
@@ -251,6 +276,7 @@ def report(trials: list[Trial]) -> None:
     print("onset -> pause:              ", spread(gaps(trials, "paused", "onset")))
     print("onset -> first words:        ", spread(gaps(trials, "words", "onset")))
     print("onset -> decision (all):     ", spread(gaps(trials, "decided", "onset")))
+    print("onset -> settled (all):      ", spread(gaps(trials, "settled", "onset")))
     print("speech.started -> decision:  ", spread(gaps(trials, "decided", "speech_started")))
     print("onset -> resume (acks):      ", spread(gaps(acks, "resumed", "onset")))
     print("onset -> cancel (interrupts):", spread(gaps(interruptions, "cancelled", "onset")))
@@ -261,16 +287,36 @@ async def run_trials(fleet: Fleet, made: list[Cue]) -> list[Trial]:
     return [await run_trial(fleet, request, cue) for cue in made]
 
 
+def chosen(made: list[Cue], wanted: list[str]) -> list[Cue]:
+    """The cues whose label has one of ``wanted`` in it (``ack``, ``wordless``, ``int``: a kind)."""
+
+    def kind(cue: Cue) -> str:
+        return "int" if cue.interrupts else ("wordless" if "wordless" in cue.label else "ack")
+
+    return [c for c in made if any(w == kind(c) or w in c.label for w in wanted)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decision-s", type=float, default=Settings().barge_in_decision_s)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--cues", nargs="*", default=[])
+    parser.add_argument("--every", type=int, default=1)
+    parser.add_argument("--env", nargs="*", default=[])
     args = parser.parse_args()
-    made = cues() * args.repeat
+    made = chosen(cues(), args.cues) if args.cues else cues()
+    made = made[:: args.every] * args.repeat
+    env = dict(item.split("=", 1) for item in args.env)
+    overrides = {k.removeprefix("VF_").lower(): v for k, v in env.items()}
     with running_fleet(
-        "bench-backchannels", tap_chat=True, barge_in_decision_s=str(args.decision_s)
+        "bench-backchannels",
+        tap_chat=True,
+        **{**overrides, "barge_in_decision_s": str(args.decision_s)},
     ) as fleet:
-        print(f"{len(made)} cues; VF_BARGE_IN_DECISION_S={args.decision_s}", flush=True)
+        print(
+            f"{len(made)} cues; VF_BARGE_IN_DECISION_S={args.decision_s} {' '.join(args.env)}",
+            flush=True,
+        )
         trials = asyncio.run(run_trials(fleet, made))
     report(trials)
 

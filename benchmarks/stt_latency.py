@@ -15,7 +15,7 @@ from dataclasses import replace
 from fleet.audio import FloatArray
 from fleet.settings import get_settings
 from tests.speech import FRAME_BYTES, RATE, frames, silence, speech
-from workers.stt.engines import SpeechRecognizer
+from workers.stt.engines import Recognized, SpeechRecognizer
 from workers.stt.transcriber import (
     FinalTranscript,
     PartialTranscript,
@@ -32,11 +32,13 @@ class TimedRecognizer:
         self.inner = inner
         self.calls: list[tuple[int, int, float]] = []  # (beam, samples, seconds)
 
-    def transcribe(self, audio: FloatArray, *, language: str, beam_size: int, prompt: str) -> str:
+    def transcribe(
+        self, audio: FloatArray, *, language: str, beam_size: int, prompt: str
+    ) -> Recognized:
         start = time.perf_counter()
-        text = self.inner.transcribe(audio, language=language, beam_size=beam_size, prompt=prompt)
+        heard = self.inner.transcribe(audio, language=language, beam_size=beam_size, prompt=prompt)
         self.calls.append((beam_size, audio.size, time.perf_counter() - start))
-        return text
+        return heard
 
 
 async def run_once(engines: SttEngines, utterance: FloatArray) -> float:

@@ -142,19 +142,25 @@ class SpeechStarted:
 
 @dataclass(frozen=True, slots=True)
 class TranscriptPartial:
+    """What the user has said so far in the utterance in progress. ``logprob``: the recognizer's
+    mean log-probability per token of ``text`` (0 = certain, or not known)."""
+
     KIND: ClassVar[str] = "transcript.partial"
     session_id: str
     text: str
+    logprob: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class TranscriptFinal:
-    """End of the user's turn. ``upto_seq`` is the last audio frame the text covers."""
+    """End of the user's turn. ``upto_seq`` is the last audio frame the text covers; ``logprob``
+    as in TranscriptPartial."""
 
     KIND: ClassVar[str] = "transcript.final"
     session_id: str
     text: str
     upto_seq: int
+    logprob: float = 0.0
 
 
 # --- gateway -> LLM bridge -> TTS -> gateway -------------------------------------------------

@@ -240,12 +240,21 @@ class Settings(BaseSettings):
     )
 
     barge_in_decision_s: float = Field(
-        1.2,
+        0.6,
         gt=0,
         description="When the user speaks over a reply, playback pauses at once (`audio_pause`); "
-        "this long after, words that are all acknowledgements (or none) resume it "
-        "(`audio_resume`) without waiting for the end of the user's turn (s). Words that are "
-        "not an acknowledgement cancel the reply whenever they come.",
+        "this long after, words that are all acknowledgements, or may still become one "
+        '("yeah, but"), or none resume it (`audio_resume`) without waiting for the end of the '
+        "user's turn (s). Words that are not an acknowledgement cancel the reply whenever they "
+        "come, after a resume too.",
+    )
+    barge_in_least_logprob: float = Field(
+        -0.5,
+        description="When the user speaks over a reply, a transcript of up to three words whose "
+        "mean token log-probability (the recognizer's confidence) is below this counts as no "
+        "words: it resumes the reply instead of cancelling it. Whisper hears words in coughs "
+        "and other wordless sounds, and mishears short acknowledgements, mostly unsurely "
+        "(docs/benchmarks.md). -inf trusts every transcript.",
     )
     barge_in_acknowledgements: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_ACKNOWLEDGEMENTS),
@@ -274,6 +283,13 @@ class Settings(BaseSettings):
     stt_language: str = Field("en", description="Default transcription language.")
     stt_max_sessions: int = Field(
         8, description="Sessions one STT worker holds at once (its lease prefetch)."
+    )
+    stt_first_partial_s: float = Field(
+        0.3,
+        gt=0,
+        description="Speech after its start (as the voice detector saw it) before the first "
+        "partial transcript of an utterance is decoded (s): the first words decide whether "
+        "speech over a playing reply interrupts it.",
     )
     stt_partial_interval_s: float = Field(
         0.6, description="Minimum time between partial transcripts of one session (s)."

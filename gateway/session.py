@@ -346,6 +346,7 @@ class ClientConnection:
         backchannels = Backchannels.parse(
             self.settings.barge_in_acknowledgements.get(language, ""),
             self.settings.barge_in_decision_s,
+            self.settings.barge_in_least_logprob,
         )
         return _Session(
             session_id,
@@ -473,15 +474,15 @@ class ClientConnection:
                 await self._execute(session, turns.speech_started(now), now)
             case DecisionDue(paused_at=paused_at):
                 await self._execute(session, turns.decision_due(paused_at, now), now)
-            case TranscriptPartial(text=text):
-                await self._execute(session, turns.partial_transcript(text, now), now)
-            case TranscriptFinal(text=text, upto_seq=upto):
+            case TranscriptPartial(text=text, logprob=logprob):
+                await self._execute(session, turns.partial_transcript(text, now, logprob), now)
+            case TranscriptFinal(text=text, upto_seq=upto, logprob=logprob):
                 # A final transcript that reaches this connection after a resume took the session
                 # over (before the notice did) is the new connection's: it starts the turn.
                 if await self.hub.store.stream_ended(session.id, self.stream_id):
                     raise _taken_over()
                 session.uplink.transcribed(upto)
-                await self._execute(session, turns.final_transcript(text, now), now)
+                await self._execute(session, turns.final_transcript(text, now, logprob), now)
             case AssistantDelta(turn=turn, index=index, text=text):
                 await self._execute(session, turns.reply_text(turn, index, text), now)
             case AudioOut():

@@ -145,6 +145,7 @@ class _Listening:
     since: float
     heard: str = ""
     paused: bool = True
+    logprob: float = 0.0  # how sure the recognizer is of ``heard``
 
 
 class TurnMachine:
@@ -170,9 +171,9 @@ class TurnMachine:
             return []
         return self._pause(turn, now)
 
-    def partial_transcript(self, text: str, now: float) -> list[Command]:
+    def partial_transcript(self, text: str, now: float, logprob: float = 0.0) -> list[Command]:
         # A decision precedes the transcript that caused it.
-        return [*self._hear(text, now, final=False), Transcript(text, final=False)]
+        return [*self._hear(text, now, final=False, logprob=logprob), Transcript(text, final=False)]
 
     def decision_due(self, paused_at: float, now: float) -> list[Command]:
         """The time for a decision on the pause that began at ``paused_at`` is up."""
@@ -180,10 +181,17 @@ class TurnMachine:
         if listening is None or not listening.paused or listening.since != paused_at:
             return []
         waited = max(now - listening.since, self._backchannels.decide_within_s)
-        return self._decide(listening, listening.heard, final=False, waited_s=waited, now=now)
+        return self._decide(
+            listening,
+            listening.heard,
+            final=False,
+            waited_s=waited,
+            now=now,
+            logprob=listening.logprob,
+        )
 
-    def final_transcript(self, text: str, now: float) -> list[Command]:
-        commands = self._hear(text, now, final=True)
+    def final_transcript(self, text: str, now: float, logprob: float = 0.0) -> list[Command]:
+        commands = self._hear(text, now, final=True, logprob=logprob)
         if self._listening is not None:
             # An acknowledgement, or no words, over the reply: it goes on; this is no new turn.
             self._listening = None
@@ -273,35 +281,50 @@ class TurnMachine:
             return None
         return self._turn
 
-    def _pause(self, turn: _Turn, now: float, heard: str = "") -> list[Command]:
-        self._listening = _Listening(now, heard)
+    def _pause(
+        self, turn: _Turn, now: float, heard: str = "", logprob: float = 0.0
+    ) -> list[Command]:
+        self._listening = _Listening(now, heard, logprob=logprob)
         turn.paused_at = now
         return [AudioPause(turn.number), ExpectDecision(now, self._backchannels.decide_within_s)]
 
-    def _hear(self, text: str, now: float, *, final: bool) -> list[Command]:
+    def _hear(self, text: str, now: float, *, final: bool, logprob: float) -> list[Command]:
         """Words (or none) of the user's speech: over a playing reply they decide its fate."""
         listening = self._listening
         if listening is not None:
             return self._decide(
-                listening, text, final=final, waited_s=now - listening.since, now=now
+                listening,
+                text,
+                final=final,
+                waited_s=now - listening.since,
+                now=now,
+                logprob=logprob,
             )
         turn = self._turn
         if not spoken_words(text) or turn is None or not turn.still_playing(now):
             return []
-        verdict = self._backchannels.judge(text, final=final, waited_s=0.0)
+        verdict = self._backchannels.judge(text, final=final, waited_s=0.0, logprob=logprob)
         if turn.first_audio_at is None or verdict is Verdict.INTERRUPT:
             return self._barge_in(now)
         # Words over the reply whose speech start came before the reply's audio did.
         if final:
-            self._listening = _Listening(now, text, paused=False)
+            self._listening = _Listening(now, text, paused=False, logprob=logprob)
             return []
-        return self._pause(turn, now, heard=text)
+        return self._pause(turn, now, heard=text, logprob=logprob)
 
     def _decide(
-        self, listening: _Listening, text: str, *, final: bool, waited_s: float, now: float
+        self,
+        listening: _Listening,
+        text: str,
+        *,
+        final: bool,
+        waited_s: float,
+        now: float,
+        logprob: float,
     ) -> list[Command]:
         listening.heard = text
-        verdict = self._backchannels.judge(text, final=final, waited_s=waited_s)
+        listening.logprob = logprob
+        verdict = self._backchannels.judge(text, final=final, waited_s=waited_s, logprob=logprob)
         if verdict is Verdict.INTERRUPT:
             return self._barge_in(now)
         if verdict is Verdict.WAIT or not listening.paused:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from fleet.settings import Settings
 from workers.stt.endpointing import (
     Action,
     CheckTurn,
@@ -20,6 +23,7 @@ CFG = EndpointConfig(
     vad_threshold=0.5,
     start_chunks=3,
     pre_roll=200,
+    first_partial=500,
     partial_interval=500,
     window=2000,
     end_silence=300,
@@ -69,6 +73,29 @@ def test_partials_are_spaced_and_cover_uncommitted_audio() -> None:
     actions = drive(ep, [0.0] * 5 + [0.9] * 18)
     partials = [(pos, a) for pos, a in actions if isinstance(a, Partial)]
     assert partials == [(1300, Partial(300, 1300)), (1800, Partial(300, 1800))]
+
+
+def test_the_first_partial_comes_sooner_than_the_rest() -> None:
+    ep = Endpointer(replace(CFG, first_partial=200))
+    actions = drive(ep, [0.0] * 5 + [0.9] * 18)
+    partials = [(pos, a) for pos, a in actions if isinstance(a, Partial)]
+    # Speech starts at 800: the first partial 200 after it, the next ones 500 apart.
+    assert partials == [
+        (1000, Partial(300, 1000)),
+        (1500, Partial(300, 1500)),
+        (2000, Partial(300, 2000)),
+    ]
+    # And so again in the next utterance, which starts at 3800.
+    drive(ep, [0.0] * 12)
+    actions = drive(ep, [0.9] * 6)
+    assert actions[0] == (3800, StartSpeech(3300))
+    assert actions[1:] == [(4000, Partial(3300, 4000))]
+
+
+def test_the_first_partial_is_a_setting() -> None:
+    settings = Settings(stt_first_partial_s=0.2, stt_partial_interval_s=0.6)
+    config = EndpointConfig.from_settings(settings, sample_rate=1000, chunk=CHUNK)
+    assert (config.first_partial, config.partial_interval) == (200, 600)
 
 
 def test_no_partials_during_a_pause_without_new_speech() -> None:

@@ -329,9 +329,9 @@ def test_a_request_answered_together_with_its_continuation_is_not_asked_again() 
 # --- speech over the reply: pause, then resume or cancel ----------------------------------------
 
 
-def playing_story(number: int = 1) -> TurnMachine:
+def playing_story(backchannels: Backchannels = ENGLISH, number: int = 1) -> TurnMachine:
     """A reply whose first sentence (2 s) started playing at 1.0; more of it is on its way."""
-    machine = TurnMachine(ENGLISH)
+    machine = TurnMachine(backchannels)
     ask(machine, "Tell me a story.", 0.0, number=number)
     machine.reply_audio(reply_audio(number, 0, 2.0, ONCE), 1.0)
     return machine
@@ -441,3 +441,28 @@ def test_a_connection_ending_while_paused_records_only_the_audio_sent() -> None:
     machine.speech_started(1.5)
     machine.reply_audio(reply_audio(1, 1, 1.0, THE_END), 1.6)
     assert of_type(machine.closed(), Heard) == [Heard(1, "Tell me a story.", ONCE, True, False)]
+
+
+def test_a_few_words_the_recognizer_is_unsure_of_resume_the_reply_and_start_no_turn() -> None:
+    machine = playing_story(Backchannels.parse("yeah", DECIDE_WITHIN, least_logprob=-0.5))
+    machine.speech_started(1.5)
+    assert machine.partial_transcript("Come.", 1.8, logprob=-0.7) == [
+        Transcript("Come.", final=False)
+    ]
+    # The reminder finds the unsure words it was left with: no words, so the reply goes on.
+    assert machine.decision_due(1.5, 2.1) == [AudioResume(1)]
+    assert machine.final_transcript("Come.", 2.4, logprob=-0.6) == [Transcript("Come.", final=True)]
+    # The same words, surely heard, are an interruption.
+    machine = playing_story(Backchannels.parse("yeah", DECIDE_WITHIN, least_logprob=-0.5))
+    machine.speech_started(1.5)
+    assert AudioCancel(1) in machine.final_transcript("Come.", 2.0, logprob=-0.2)
+
+
+def test_a_partial_that_may_still_become_an_acknowledgement_resumes_by_the_bound() -> None:
+    machine = playing_story()
+    machine.speech_started(1.5)
+    assert machine.partial_transcript("Yeah, but", 1.8) == [Transcript("Yeah, but", final=False)]
+    assert machine.decision_due(1.5, 2.1) == [AudioResume(1)]
+    # More words that make it no acknowledgement still cancel the reply.
+    later = machine.partial_transcript("Yeah, but who was", 2.4)
+    assert of_type(later, AudioCancel) == [AudioCancel(1)]

@@ -24,6 +24,7 @@ class EndpointConfig:
     vad_threshold: float
     start_chunks: int
     pre_roll: int
+    first_partial: int
     partial_interval: int
     window: int
     end_silence: int
@@ -47,6 +48,7 @@ class EndpointConfig:
             # Silero fires a little after the onset; decoding from slightly earlier keeps the
             # first phoneme.
             pre_roll=samples(0.3),
+            first_partial=samples(settings.stt_first_partial_s),
             partial_interval=samples(settings.stt_partial_interval_s),
             window=samples(settings.stt_window_s),
             end_silence=samples(settings.stt_end_silence_s),
@@ -109,6 +111,7 @@ class Endpointer:
         self._committed = 0
         self._speech_end = 0
         self._last_partial = 0
+        self._next_partial = 0
         self._last_dip = 0
         self._silence_since: int | None = None
         self._turn_checked = False
@@ -184,6 +187,9 @@ class Endpointer:
         self._committed = self._utt_start
         self._speech_end = self.position
         self._last_partial = self.position
+        # The first partial comes sooner than the rest: the first words of an utterance are what
+        # decides whether speech over a playing reply interrupts it (gateway/interruptions.py).
+        self._next_partial = self.position + cfg.first_partial
         return [StartSpeech(self._utt_start)]
 
     def _while_speaking(self) -> list[Action]:
@@ -197,9 +203,8 @@ class Endpointer:
             dip_ok = self._last_dip > self._committed + cfg.window // 2
             cut = self._last_dip if dip_ok else self.position
             return [self._commit(cut)]
-        due = self.position - self._last_partial >= cfg.partial_interval
-        if due and self._speech_end > self._last_partial:
-            self._last_partial = self.position
+        if self.position >= self._next_partial and self._speech_end > self._last_partial:
+            self._partial_done()
             return [Partial(self._committed, self.position)]
         return []
 
@@ -224,8 +229,12 @@ class Endpointer:
     def _commit(self, end: int) -> Commit:
         action = Commit(self._committed, end)
         self._committed = end
-        self._last_partial = self.position
+        self._partial_done()
         return action
+
+    def _partial_done(self) -> None:
+        self._last_partial = self.position
+        self._next_partial = self.position + self._cfg.partial_interval
 
     def _segment_end(self) -> int:
         return min(self.position, self._speech_end + self._cfg.tail_pad)
@@ -244,6 +253,7 @@ class Endpointer:
         self._committed = self._floor
         self._speech_end = self._floor
         self._last_partial = self._floor
+        self._next_partial = self._floor
         self._last_dip = self._floor
         self._silence_since = None
         self._turn_checked = False

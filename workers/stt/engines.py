@@ -6,14 +6,28 @@ without loading the others, and lets a GPU or remote engine slot in later.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from fleet.audio import FloatArray
 
 
+@dataclass(frozen=True, slots=True)
+class Recognized:
+    """What a recognizer heard: ``text`` (stripped; "" when nothing was said), and how sure it is
+    of it: ``logprob``, the mean log-probability of its tokens (0 = certain), and ``tokens``,
+    how many tokens the mean is over."""
+
+    text: str
+    logprob: float = 0.0
+    tokens: int = 0
+
+
 class SpeechRecognizer(Protocol):
-    def transcribe(self, audio: FloatArray, *, language: str, beam_size: int, prompt: str) -> str:
-        """Blocking; 16 kHz float32 audio in, stripped text out ("" when nothing was said)."""
+    def transcribe(
+        self, audio: FloatArray, *, language: str, beam_size: int, prompt: str
+    ) -> Recognized:
+        """Blocking; 16 kHz float32 audio in, what was heard out."""
         ...
 
 

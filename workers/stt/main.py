@@ -239,9 +239,11 @@ class SttWorker:
             if isinstance(event, StartSpeech):
                 await bus.publish(SpeechStarted(session_id))
             elif isinstance(event, PartialTranscript):
-                await bus.publish(TranscriptPartial(session_id, event.text))
+                await bus.publish(TranscriptPartial(session_id, event.text, event.logprob))
             elif isinstance(event, FinalTranscript):
-                await bus.publish(TranscriptFinal(session_id, event.text, event.upto_seq))
+                await bus.publish(
+                    TranscriptFinal(session_id, event.text, event.upto_seq, event.logprob)
+                )
 
     # --- lifecycle ----------------------------------------------------------------------------
 

@@ -34,7 +34,12 @@ from workers.stt.endpointing import (
     Partial,
     StartSpeech,
 )
-from workers.stt.engines import SpeechRecognizer, TurnDetector, VoiceActivityDetector
+from workers.stt.engines import (
+    Recognized,
+    SpeechRecognizer,
+    TurnDetector,
+    VoiceActivityDetector,
+)
 from workers.stt.scheduler import BACKGROUND, URGENT, PriorityExecutor
 
 log = logging.getLogger(__name__)
@@ -67,12 +72,14 @@ def acknowledgement_prompt(listed: str) -> str:
 @dataclass(frozen=True, slots=True)
 class PartialTranscript:
     text: str
+    logprob: float = 0.0  # the recognizer's mean token log-probability of ``text``
 
 
 @dataclass(frozen=True, slots=True)
 class FinalTranscript:
     text: str
     upto_seq: int
+    logprob: float = 0.0
 
 
 # The endpointer's StartSpeech is passed on as it is: nothing needs adding to it.
@@ -130,8 +137,13 @@ def _check_local_model(location: str) -> None:
         )
 
 
-def _join(head: str, tail: str) -> str:
-    return f"{head} {tail}".strip() if head else tail
+def _join(head: Recognized, tail: Recognized) -> Recognized:
+    """``head`` then ``tail``, sure as the mean of their tokens."""
+    if not head.text:
+        return tail
+    tokens = head.tokens + tail.tokens
+    logprob = (head.logprob * head.tokens + tail.logprob * tail.tokens) / tokens if tokens else 0.0
+    return Recognized(f"{head.text} {tail.text}".strip(), logprob, tokens)
 
 
 class StreamingTranscriber:
@@ -153,11 +165,11 @@ class StreamingTranscriber:
         self._lock = asyncio.Lock()
         # Per-utterance state; `_utterance` invalidates background results of a finished one.
         self._utterance = 0
-        self._committed = ""
+        self._committed = Recognized("")
         self._commits: asyncio.Task[None] | None = None
         # Bumped by every commit: a partial queued before it is stale (its prefix changed).
         self._commit_gen = 0
-        self._partial: asyncio.Task[str | None] | None = None
+        self._partial: asyncio.Task[Recognized | None] | None = None
         self._last_partial_text = ""
 
     @property
@@ -220,7 +232,7 @@ class StreamingTranscriber:
 
     def _new_utterance(self) -> None:
         self._utterance += 1
-        self._committed = ""
+        self._committed = Recognized("")
         self._commits = None
         self._partial = None
         self._last_partial_text = ""
@@ -254,9 +266,9 @@ class StreamingTranscriber:
         # Commits form a chain: each needs the text of the ones before it as its prompt.
         if previous is not None:
             await previous
-        text = await self._decode(audio, FINAL_BEAM, URGENT)
-        if text is not None and utterance == self._utterance:
-            self._committed = _join(self._committed, text)
+        heard = await self._decode(audio, FINAL_BEAM, URGENT)
+        if heard is not None and utterance == self._utterance:
+            self._committed = _join(self._committed, heard)
 
     def _ready_partial(self) -> list[SttEvent]:
         task = self._partial
@@ -269,11 +281,11 @@ class StreamingTranscriber:
         partial = task.result()
         if partial is None:  # dropped unrun: a commit or the final overtook it
             return []
-        text = _join(self._committed, partial)
-        if not _WORDLIKE.search(text) or text == self._last_partial_text:
+        heard = _join(self._committed, partial)
+        if not _WORDLIKE.search(heard.text) or heard.text == self._last_partial_text:
             return []
-        self._last_partial_text = text
-        return [PartialTranscript(text)]
+        self._last_partial_text = heard.text
+        return [PartialTranscript(heard.text, heard.logprob)]
 
     async def _finish_utterance(self, tail: FloatArray) -> list[SttEvent]:
         if tail.size:
@@ -287,11 +299,11 @@ class StreamingTranscriber:
             events += self._ready_partial()
         if self._commits is not None:
             await self._commits
-        text = self._committed
+        heard = self._committed
         upto_seq = self._last_seq if self._last_seq is not None else -1
         self._new_utterance()
-        if _WORDLIKE.search(text):
-            events.append(FinalTranscript(text, upto_seq))
+        if _WORDLIKE.search(heard.text):
+            events.append(FinalTranscript(heard.text, upto_seq, heard.logprob))
         return events
 
     async def _decode(
@@ -300,22 +312,22 @@ class StreamingTranscriber:
         beam_size: int,
         priority: int,
         is_stale: Callable[[], bool] | None = None,
-    ) -> str | None:
-        """The text of `audio`, or None when the job went stale before it ran."""
-        prompt = self._committed[-_PROMPT_CHARS:]
+    ) -> Recognized | None:
+        """What `audio` says, or None when the job went stale before it ran."""
+        prompt = self._committed.text[-_PROMPT_CHARS:]
         if not prompt and audio.size <= _PRIMED_UTTERANCE_S * INPUT_SAMPLE_RATE:
             prompt = self._short_prompt
         recognizer = self._engines.recognizer
 
         purpose = "partial" if priority == BACKGROUND else "final"
 
-        def run() -> str:
+        def run() -> Recognized:
             started = time.perf_counter()
-            text = recognizer.transcribe(
+            heard = recognizer.transcribe(
                 audio, language=self._language, beam_size=beam_size, prompt=prompt
             )
             telemetry.STT_DECODE_SECONDS.labels(purpose).observe(time.perf_counter() - started)
-            return text
+            return heard
 
         executor = self._engines.whisper_executor
         if is_stale is None:

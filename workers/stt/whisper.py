@@ -24,6 +24,7 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
 from fleet.audio import FloatArray
+from workers.stt.engines import Recognized
 
 # The same thresholds `WhisperModel.transcribe` defaults to: a window is treated as silence
 # when the model says "no speech" and is also unsure of the text it produced.
@@ -55,20 +56,22 @@ class WhisperRecognizer:
         self._tokenizers: dict[str, Tokenizer] = {}
         self._suppress: dict[str, list[int]] = {}
 
-    def transcribe(self, audio: FloatArray, *, language: str, beam_size: int, prompt: str) -> str:
+    def transcribe(
+        self, audio: FloatArray, *, language: str, beam_size: int, prompt: str
+    ) -> Recognized:
         audio = np.asarray(audio, dtype=np.float32)
         needed = audio.size / self._sample_rate + _MIN_TRAILING_PAD_S
         if self._short_frames and needed * self._frames_per_s <= self._short_frames:
-            text = self._transcribe_short(
+            heard = self._transcribe_short(
                 audio, language=language, beam_size=beam_size, prompt=prompt
             )
-            if get_compression_ratio(text) <= _COMPRESSION_RATIO_THRESHOLD:
-                return text
+            if get_compression_ratio(heard.text) <= _COMPRESSION_RATIO_THRESHOLD:
+                return heard
         return self._transcribe_full(audio, language=language, beam_size=beam_size, prompt=prompt)
 
     def _transcribe_full(
         self, audio: FloatArray, *, language: str, beam_size: int, prompt: str
-    ) -> str:
+    ) -> Recognized:
         segments, _info = self._model.transcribe(
             audio,
             language=language,
@@ -83,11 +86,18 @@ class WhisperRecognizer:
         )
         # The generator does the actual decoding, so it must be drained here, in the caller's
         # (executor) thread, not lazily on the event loop.
-        return "".join(segment.text for segment in segments).strip()
+        decoded = list(segments)
+        tokens = sum(len(segment.tokens) for segment in decoded)
+        logprob = (
+            sum(segment.avg_logprob * len(segment.tokens) for segment in decoded) / tokens
+            if tokens
+            else 0.0
+        )
+        return Recognized("".join(segment.text for segment in decoded).strip(), logprob, tokens)
 
     def _transcribe_short(
         self, audio: FloatArray, *, language: str, beam_size: int, prompt: str
-    ) -> str:
+    ) -> Recognized:
         model = self._model
         tokenizer = self._tokenizer(language)
         features = model.feature_extractor(audio)
@@ -119,8 +129,8 @@ class WhisperRecognizer:
         ids = result.sequences_ids[0]
         avg_logprob = result.scores[0] * len(ids) / (len(ids) + 1)
         if result.no_speech_prob > _NO_SPEECH_THRESHOLD and avg_logprob <= _LOG_PROB_THRESHOLD:
-            return ""
-        return str(tokenizer.decode(ids)).strip()
+            return Recognized("")
+        return Recognized(str(tokenizer.decode(ids)).strip(), avg_logprob, len(ids))
 
     def _tokenizer(self, language: str) -> Tokenizer:
         tokenizer = self._tokenizers.get(language)
