@@ -17,7 +17,7 @@ import pytest
 import websockets
 
 from fleet.engines import KOKORO_VOICES, WHISPER_LANGUAGES
-from fleet.state import connect_redis
+from fleet.state import ProviderOffer, TtsOffer, TtsOffers, connect_redis
 from fleet.topology import Names
 from tests.fleet_processes import Fleet, running_fleet
 
@@ -110,6 +110,30 @@ async def test_an_unknown_voice_is_refused_at_start_naming_the_voices(gateway: F
     assert [e["code"] for e in errors] == ["unknown_voice"]
     assert close_code == 1003
     assert str(errors[0]["message"]).split(": ", 1)[1].split(", ") == list(KOKORO_VOICES)
+    await nothing_was_started(gateway)
+
+
+async def test_a_voice_the_tts_provider_does_not_offer_is_refused_naming_its_voices(
+    gateway: Fleet,
+) -> None:
+    """With a TTS worker's offer published, its provider's voices are the ones accepted: a
+    Kokoro name the static list has but the provider does not is refused."""
+    offers = TtsOffers(connect_redis(gateway.settings), gateway.settings)
+    remote = ProviderOffer("remote", "kokoro", "0.4.2", "ok", voices=("af_heart", "bf_emma"))
+    local = ProviderOffer("local", "kokoro", "0.6.1", "ok", voices=KOKORO_VOICES)
+    await offers.publish(TtsOffer("tts-offering", "remote", (remote, local)), 30)
+    try:
+        async with websockets.connect(gateway.ws_url) as ws:
+            await ws.send(json.dumps({**START, "voice": "am_adam", "language": "en"}))
+            errors, close_code = await errors_and_close(ws)
+    finally:
+        await offers.withdraw("tts-offering")
+        await offers.redis.aclose()
+    assert [e["code"] for e in errors] == ["unknown_voice"]
+    assert close_code == 1003
+    assert errors[0]["message"] == (
+        "unknown voice 'am_adam'; the TTS provider kokoro 0.4.2 (remote) offers: af_heart, bf_emma"
+    )
     await nothing_was_started(gateway)
 
 

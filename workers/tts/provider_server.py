@@ -203,7 +203,12 @@ def create_app(service: ProviderService) -> FastAPI:
 
     @app.get("/tts/voices")
     async def voices() -> dict[str, object]:
-        return {"voices": engine.voices, "default": service.default_voice}
+        # Piper speaks any name with its one voice; Kokoro refuses names it does not list.
+        return {
+            "voices": engine.voices,
+            "default": service.default_voice,
+            "any_name": engine.name == "piper",
+        }
 
     @app.post("/tts/stream", response_class=StreamingResponse)
     async def stream(request: SpeechRequest) -> StreamingResponse:

@@ -33,6 +33,10 @@ class RemoteSynthesizer:
         self.version = ""
         self.sample_rate = 0
         self.engine = ""
+        # What GET /tts/voices lists (fetched with the health); a server that does not serve
+        # it, or says ``any_name``, speaks whatever name it is sent (or refuses it itself).
+        self.voices: list[str] = []
+        self.any_voice = True
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, _CONNECT_TIMEOUT_S))
         )
@@ -53,8 +57,25 @@ class RemoteSynthesizer:
                 f"provider server {self.url} is not healthy: {type(exc).__name__}: {exc}"
             ) from exc
         self.versions.check(f"server {self.url}", version)
+        self.voices, self.any_voice = await self._voices()
         self.version, self.sample_rate, self.engine = version, sample_rate, engine
         self._connected = True
+
+    async def _voices(self) -> tuple[list[str], bool]:
+        """The server's voices (GET /tts/voices), and whether it speaks any name; a server
+        without the endpoint (it is optional for servers of one's own) lists none."""
+        try:
+            response = await self._client.get(f"{self.url}/tts/voices")
+            if response.status_code == 404:
+                return [], True
+            response.raise_for_status()
+            listed = response.json()
+            voices = [str(voice) for voice in listed["voices"]]
+            return voices, bool(listed.get("any_name", False))
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise ProviderUnavailable(
+                f"provider server {self.url} did not list its voices: {type(exc).__name__}: {exc}"
+            ) from exc
 
     async def stream(self, text: str, voice: str) -> AsyncIterator[bytes]:
         if not self._connected:
