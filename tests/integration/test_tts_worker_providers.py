@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from fleet.contracts import AudioOut, TtsRequest
+from fleet.contracts import AudioOut, TtsRequest, TurnFailed
 from fleet.settings import Settings
 from fleet.state import SessionStore, TtsOffer, TtsOffers
 from fleet.topology import Bus
@@ -209,6 +209,53 @@ async def test_a_provider_server_of_a_version_out_of_range_is_refused(
     assert message in (offer.speaking.detail if offer.speaking else "")
     # Refused, it takes no work: it never starts consuming.
     assert not any(e.get("event") == "serving" for e in worker.log_events())
+
+
+async def test_a_provider_server_restarted_as_a_version_out_of_range_is_refused_on_reconnecting(
+    settings: Settings,
+    bus: Bus,
+    store: SessionStore,
+    session: str,
+    processes: list[FleetProcess],
+) -> None:
+    """The worker accepted the server at start; between two sentences the server is replaced,
+    on the same address, by one of the next major version (a restart as another release). At
+    its next sentence the worker notices, uses none of its audio, checks it again and refuses
+    it: not ready, the metric, the message."""
+    port, health_port, metrics_port = free_port(), free_port(), free_port()
+    readyz = f"http://127.0.0.1:{health_port}/readyz"
+    with provider_server("kokoro", name="tts-provider-before", port=port) as before:
+        worker = start_role(
+            processes,
+            settings,
+            "tts",
+            "worker",
+            "tts",
+            VF_TTS_PROVIDERS="remote",
+            VF_TTS_PROVIDER_URL=before.url,
+            VF_TTS_BREAKER_COOLDOWN_S="1",
+            VF_HEALTH_PORT=str(health_port),
+            VF_METRICS_PORT=str(metrics_port),
+        )
+        await logged(worker, "serving", patience=WORKER_START_S)
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(readyz)).status_code == 200
+    with provider_server("kokoro", name="tts-provider-after", port=port, version="1.0.0"):
+        tap = await EventTap.open(bus, session)
+        turn = await store.next_turn(session)
+        await bus.publish(TtsRequest(session, turn, 0, SENTENCE, "af_heart"))
+        refused = await logged(worker, "tts_provider_refused", patience=60)
+        message = "reports version 1.0.0; this worker accepts >=0.1.0,<1.0.0"
+        assert message in str(refused["reason"])
+        async with httpx.AsyncClient() as client:
+            readiness = await client.get(readyz)
+            metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+        assert readiness.status_code == 503 and message in readiness.text
+        assert 'vf_tts_provider_refused{provider="remote"} 1.0' in metrics
+        # The sentence is given up (no provider may speak it), and nothing of the refused
+        # server's audio reached the session.
+        await tap.wait_for(TurnFailed, lambda m: m.session_id == session, timeout=60)
+        assert tap.of(AudioOut, session) == []
 
 
 # --- the chain in this process, against the server: breaker, time-out, auto ----------------

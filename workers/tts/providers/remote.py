@@ -2,7 +2,9 @@
 
 Audio comes from ``POST /tts/stream`` as the server synthesizes it. Before its first use, and
 again after every failure (a reconnection), the provider asks ``GET /tts/health`` for the server's
-version and sample rate, and refuses a version outside ``VF_TTS_PROVIDER_VERSION_MIN/_MAX``.
+version and sample rate, and refuses a version outside ``VF_TTS_PROVIDER_VERSION_MIN/_MAX``. A
+server restarted between two sentences is a reconnection too: each stream says its version
+(``X-Provider-Version``), and one that changed fails the sentence over and is checked again.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import httpx
 from fleet.audio import whole_samples
 from fleet.settings import Settings
 from workers.tts.providers.base import ProviderUnavailable
-from workers.tts.providers.versions import VersionRange
+from workers.tts.providers.versions import IncompatibleProvider, VersionRange
 
 SAMPLE_RATE_HEADER = "X-Sample-Rate"
+VERSION_HEADER = "X-Provider-Version"
 _CONNECT_TIMEOUT_S = 3.0
 
 
@@ -93,6 +96,9 @@ class RemoteSynthesizer:
                         f"provider server {self.url} answered {response.status_code}: "
                         f"{_detail(response)}"
                     )
+                reported = response.headers.get(VERSION_HEADER)
+                if reported is not None and reported != self.version:
+                    self._reconnected_as(reported)
                 if response.headers.get(SAMPLE_RATE_HEADER) != str(self.sample_rate):
                     raise ProviderUnavailable(
                         f"provider server {self.url} changed its sample rate to "
@@ -108,6 +114,17 @@ class RemoteSynthesizer:
         except ProviderUnavailable:
             self._connected = False
             raise
+
+    def _reconnected_as(self, version: str) -> None:
+        """The server answering now reports another version than at connection: restarted
+        (or another replica behind one address, mid-upgrade). In range, it is used as it is;
+        out of range, nothing of it is used (ProviderUnavailable: the sentence fails over) and
+        the provider is checked again before its next use, and refused."""
+        try:
+            self.versions.check(f"server {self.url}", version)
+        except IncompatibleProvider as exc:
+            raise ProviderUnavailable(f"reconnected: {exc}") from exc
+        self.version = version
 
     async def aclose(self) -> None:
         await self._client.aclose()
