@@ -461,5 +461,7 @@ class TtsOffers:
             except (ValueError, KeyError, TypeError):
                 log.warning("tts_offer_malformed", worker=worker, data=record[:200])
         if gone:
+            # A worker that re-publishes between the MGET and this SREM drops out of the index
+            # until its next refresh (workers/tts/offer.py: within 5 s), which adds it back.
             await cast(Awaitable[int], self.redis.srem(self.index, *gone))
         return offers
