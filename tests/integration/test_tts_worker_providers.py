@@ -157,6 +157,9 @@ async def test_the_reply_completes_on_the_local_engine_when_the_provider_server_
             settings,
             VF_TTS_PROVIDERS="remote,local",
             VF_TTS_PROVIDER_URL=doomed.url,
+            # The server is killed after its first part; on a loaded box that part (510
+            # phonemes) took over the default 10 s, and the worker timed out before it came.
+            VF_TTS_PROVIDER_TIMEOUT_S="60",
         )
         tap = await EventTap.open(bus, session)
         since = len(doomed.process.log_events())
