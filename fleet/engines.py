@@ -4,11 +4,18 @@ The gateway imports no worker package, so the languages Whisper knows and the vo
 Kokoro's voices file are written down here; tests/unit/test_engines.py checks both lists against
 the assembled model files. A deployment with other models sets ``VF_STT_LANGUAGES`` /
 ``VF_TTS_VOICE_NAMES`` instead.
+
+Voices are the TTS workers' to say: each publishes what its providers offer (fleet/state.py,
+``TtsOffers``), and the gateway accepts what the providers speaking now offer. Only while no
+worker has published (none is up yet) does it fall back to the list written here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fleet.settings import Settings
+from fleet.state import ProviderOffer, TtsOffer
 
 # The 99 language codes of Whisper's multilingual models up to large-v2 (large-v3 adds "yue";
 # English-only models accept "en" only).
@@ -44,10 +51,35 @@ def accepted_languages(settings: Settings) -> tuple[str, ...]:
     return _listed(settings.stt_languages) or WHISPER_LANGUAGES
 
 
-def accepted_voices(settings: Settings) -> tuple[str, ...] | None:
+def accepted_voices(settings: Settings, offers: Sequence[TtsOffer] = ()) -> tuple[str, ...] | None:
     """The voices a client may ask for; None: any name (Piper speaks every name with its one
-    voice)."""
+    voice).
+
+    ``VF_TTS_VOICE_NAMES`` if set (the operator's list); else the union of what the provider
+    each live TTS worker speaks with now offers (``offers``); with no offer published (or
+    none of a healthy provider), the engine's list written here."""
     listed = _listed(settings.tts_voice_names)
     if listed:
         return listed
+    providers = _speaking(offers)
+    if providers:
+        if any(provider.any_voice for provider in providers):
+            return None
+        return tuple(sorted({voice for provider in providers for voice in provider.voices}))
     return KOKORO_VOICES if settings.tts_provider == "kokoro" else None
+
+
+def _speaking(offers: Sequence[TtsOffer]) -> list[ProviderOffer]:
+    """The healthy providers the workers send sentences to now."""
+    speaking = [offer.speaking for offer in offers]
+    return [p for p in speaking if p is not None and p.health == "ok"]
+
+
+def voices_source(settings: Settings, offers: Sequence[TtsOffer] = ()) -> str:
+    """Who offers the voices :func:`accepted_voices` returns, for the message of a refusal."""
+    if _listed(settings.tts_voice_names):
+        return "VF_TTS_VOICE_NAMES"
+    providers = sorted({f"{p.engine} {p.version} ({p.label})" for p in _speaking(offers)})
+    if providers:
+        return "the TTS provider " + ", ".join(providers)
+    return f"the {settings.tts_provider} engine"

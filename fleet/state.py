@@ -360,3 +360,108 @@ class TurnWatch:
             except Exception as exc:  # Redis restarts must not end the watch.
                 log.warning("turn_watch_reconnecting", error=str(exc))
                 await asyncio.sleep(1.0)
+
+
+# --- what the TTS workers offer (docs/tts-providers.md, "What the workers offer") -------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderOffer:
+    """One provider of a TTS worker's list, as the worker last saw it."""
+
+    label: str  # its VF_TTS_PROVIDERS entry: local, remote, openai, wyoming, elevenlabs
+    engine: str  # what speaks: kokoro, piper, or the service's own name
+    version: str
+    health: str  # ok, down, refused, or unchecked
+    detail: str = ""  # why it is down or refused
+    voices: tuple[str, ...] = ()
+    # Any name is spoken (with a default voice where the name is not the provider's own), so
+    # `voices` is what it lists, not a limit.
+    any_voice: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TtsOffer:
+    """What one TTS worker speaks with: its providers, and the one a sentence goes to now."""
+
+    worker: str
+    active: str
+    providers: tuple[ProviderOffer, ...]
+
+    @property
+    def speaking(self) -> ProviderOffer | None:
+        return next((p for p in self.providers if p.label == self.active), None)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TtsOffer:
+        data: dict[str, Any] = json.loads(text)
+        providers = tuple(
+            ProviderOffer(
+                str(p["label"]),
+                str(p["engine"]),
+                str(p["version"]),
+                str(p["health"]),
+                str(p.get("detail", "")),
+                tuple(str(v) for v in p.get("voices", ())),
+                bool(p.get("any_voice", False)),
+            )
+            for p in data["providers"]
+        )
+        return cls(str(data["worker"]), str(data["active"]), providers)
+
+
+class TtsOffers:
+    """The TTS workers' offers in Redis: one key per worker with a TTL the worker refreshes
+    (a dead worker's offer expires), and a set naming the workers, so that a reader needs no
+    scan of the key space."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.redis = client
+        self._prefix = key_prefix(settings.namespace)
+
+    @property
+    def index(self) -> str:
+        return f"{self._prefix}:tts:offers"
+
+    def _key(self, worker: str) -> str:
+        return f"{self._prefix}:tts:offer:{worker}"
+
+    async def publish(self, offer: TtsOffer, ttl_s: int) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._key(offer.worker), offer.to_json(), ex=ttl_s)
+            pipe.sadd(self.index, offer.worker)
+            pipe.expire(self.index, ttl_s)
+            await pipe.execute()
+
+    async def withdraw(self, worker: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._key(worker))
+            pipe.srem(self.index, worker)
+            await pipe.execute()
+
+    async def current(self) -> list[TtsOffer]:
+        """The offers of the workers alive now (their records not expired), by worker name."""
+        workers = sorted(await cast(Awaitable[set[str]], self.redis.smembers(self.index)))
+        if not workers:
+            return []
+        records = await cast(
+            Awaitable[list[str | None]], self.redis.mget([self._key(w) for w in workers])
+        )
+        offers: list[TtsOffer] = []
+        gone: list[str] = []
+        for worker, record in zip(workers, records, strict=True):
+            if record is None:
+                gone.append(worker)
+                continue
+            try:
+                offers.append(TtsOffer.from_json(record))
+            except (ValueError, KeyError, TypeError):
+                log.warning("tts_offer_malformed", worker=worker, data=record[:200])
+        if gone:
+            # A worker that re-publishes between the MGET and this SREM drops out of the index
+            # until its next refresh (workers/tts/offer.py: within 5 s), which adds it back.
+            await cast(Awaitable[int], self.redis.srem(self.index, *gone))
+        return offers

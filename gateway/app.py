@@ -17,8 +17,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from redis.exceptions import RedisError
 
 from fleet import telemetry
+from fleet.engines import accepted_voices, voices_source
 from fleet.settings import Settings, get_settings
 from gateway.auth import Authenticator, ConfigError, exposure_problem
 from gateway.hub import Hub
@@ -94,6 +96,45 @@ def create_app(settings: Settings, gateway_id: str) -> FastAPI:
         @app.get("/metrics", include_in_schema=False)
         async def metrics() -> Response:
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/tts/providers")
+    async def tts_providers() -> JSONResponse:
+        """What the TTS workers speak with (as they publish it: workers/tts/offer.py) and the
+        voices a `start` may ask for; the page shows both. Reasons for ill health are left out:
+        they name internal addresses."""
+        try:
+            offers = await hub.tts_offers.current()
+        except RedisError as exc:
+            raise HTTPException(503, "the session store is unavailable") from exc
+        accepted = accepted_voices(settings, offers)
+        listed = sorted(
+            {voice for o in offers if o.speaking is not None for voice in o.speaking.voices}
+        )
+        return JSONResponse(
+            {
+                "workers": [
+                    {
+                        "worker": offer.worker,
+                        "active": offer.active,
+                        "providers": [
+                            {
+                                "label": p.label,
+                                "engine": p.engine,
+                                "version": p.version,
+                                "health": p.health,
+                            }
+                            for p in offer.providers
+                        ],
+                    }
+                    for offer in offers
+                ],
+                "voices": list(accepted) if accepted is not None else listed,
+                "anyVoice": accepted is None,
+                "default": settings.tts_voice,
+                "source": voices_source(settings, offers),
+            },
+            headers={"Cache-Control": "no-store"},
+        )
 
     @app.post("/v1/tokens")
     async def issue_token(request: Request) -> JSONResponse:

@@ -17,7 +17,7 @@ from fleet import telemetry
 from fleet.contracts import Message, SessionTakenOver
 from fleet.inbox import KeyedInbox
 from fleet.settings import Settings
-from fleet.state import SessionStore, connect_redis
+from fleet.state import SessionStore, TtsOffers, connect_redis
 from fleet.tasks import cancel_and_wait
 from fleet.topology import Bus, Route
 from gateway.limits import ConnectionsPerAddress
@@ -50,6 +50,8 @@ class Hub:
         self.gateway_id = gateway_id
         self.redis = connect_redis(settings)
         self.store = SessionStore(self.redis, settings)
+        # What the TTS workers speak with (their providers, versions, health and voices).
+        self.tts_offers = TtsOffers(self.redis, settings)
         self._bus: Bus | None = None
         self._events: KeyedInbox[EventSink] | None = None
         # session id -> its live stream id on this gateway and the hash of its resume secret

@@ -34,7 +34,7 @@ from fleet.contracts import (
     TurnFailed,
     TurnRequest,
 )
-from fleet.engines import accepted_languages, accepted_voices
+from fleet.engines import accepted_languages, accepted_voices, voices_source
 from fleet.errors import ErrorCode
 from fleet.settings import Settings
 from fleet.state import secret_hash
@@ -262,7 +262,7 @@ class ClientConnection:
             if start is None:
                 return
             session = await self._session_for(start)
-            self._check_engines(session)
+            await self._check_engines(session)
             audio_rate = AudioRate(
                 self.settings.audio_rate, self.settings.audio_burst_s, time.monotonic()
             )
@@ -357,7 +357,7 @@ class ClientConnection:
             turns=TurnMachine(backchannels),
         )
 
-    def _check_engines(self, session: _Session) -> None:
+    async def _check_engines(self, session: _Session) -> None:
         """Refuse, before anything is written or published, what no engine would accept."""
         languages = accepted_languages(self.settings)
         if session.language not in languages:
@@ -366,11 +366,14 @@ class ClientConnection:
                 f"language {session.language!r} is not supported; use one of: "
                 + ", ".join(languages),
             )
-        voices = accepted_voices(self.settings)
+        # The voices of the providers the TTS workers speak with now (fleet/engines.py).
+        offers = await self.hub.tts_offers.current()
+        voices = accepted_voices(self.settings, offers)
         if voices is not None and session.voice not in voices:
             raise ProtocolError(
                 ErrorCode.UNKNOWN_VOICE,
-                f"unknown voice {session.voice!r}; use one of: " + ", ".join(voices),
+                f"unknown voice {session.voice!r}; {voices_source(self.settings, offers)} "
+                "offers: " + ", ".join(voices),
             )
 
     async def _open(self, session: _Session) -> None:

@@ -35,9 +35,15 @@ def role_processes(settings: Settings) -> Iterator[list[FleetProcess]]:
 
 
 def start_role(
-    started: list[FleetProcess], settings: Settings, name: str, *args: str, **env: str
+    started: list[FleetProcess],
+    settings: Settings,
+    name: str,
+    *args: str,
+    module: str = "voicefleet.cli",
+    **env: str,
 ) -> FleetProcess:
-    """``voicefleet ARGS`` as ``name`` in the namespace of ``settings``, with VF_* ``env``."""
+    """``voicefleet ARGS`` as ``name`` in the namespace of ``settings``, with VF_* ``env``
+    (``module``: another module run with those arguments, e.g. a test's wrapper)."""
     process = FleetProcess(
         name,
         list(args),
@@ -51,6 +57,7 @@ def start_role(
             **env,
         },
         ARTIFACTS / settings.namespace / f"{name}.log",
+        module=module,
     )
     started.append(process)
     process.start()

@@ -70,7 +70,8 @@ def permission_patterns(names: Names, role: str) -> dict[str, str]:
 
 # What each role runs on Redis (fleet/state.py: SessionStore, TurnWatch; fleet/health.py's PING),
 # and nothing else. Sessions belong to the gateway; the workers read the parts they need, count
-# their job deliveries and listen for turn changes.
+# their job deliveries and listen for turn changes. TTS workers publish what they offer
+# (``TtsOffers``), which the gateway reads (and drops the expired from the index of).
 REDIS_COMMANDS: dict[str, tuple[str, ...]] = {
     "gateway": (
         "ping",
@@ -93,17 +94,32 @@ REDIS_COMMANDS: dict[str, tuple[str, ...]] = {
         "exec",
         "discard",
         "publish",
+        "smembers",
+        "mget",
+        "srem",
     ),
     "stt": ("ping", "exists", "hget", "incrby", "expire", "multi", "exec", "discard"),
     "llm": ("ping", "get", "lrange", "incrby", "expire", "multi", "exec", "discard"),
-    "tts": ("ping", "get", "incrby", "expire", "multi", "exec", "discard"),
+    "tts": (
+        "ping",
+        "get",
+        "incrby",
+        "expire",
+        "multi",
+        "exec",
+        "discard",
+        "set",
+        "sadd",
+        "srem",
+        "del",
+    ),
 }
 # Key patterns per role, ``{p}`` standing for the fleet's key prefix. ``%R~``: read only.
 REDIS_KEYS: dict[str, tuple[str, ...]] = {
-    "gateway": ("~{p}:session:*",),
+    "gateway": ("~{p}:session:*", "%R~{p}:tts:offer:*", "~{p}:tts:offers"),
     "stt": ("%R~{p}:session:*:info", "~{p}:deliveries:*"),
     "llm": ("%R~{p}:session:*:turn", "%R~{p}:session:*:history", "~{p}:deliveries:*"),
-    "tts": ("%R~{p}:session:*:turn", "~{p}:deliveries:*"),
+    "tts": ("%R~{p}:session:*:turn", "~{p}:deliveries:*", "~{p}:tts:offer:*", "~{p}:tts:offers"),
 }
 REDIS_ACL_CONFIGMAP = "voicefleet-redis-acl"
 

@@ -57,6 +57,8 @@ const vf = {
   reconnect: () => start(),
   newConversation: () => newConversation(),
   turn: (n) => turnsByNumber.get(n) || null,
+  tts: null, // GET tts/providers as last read: what the TTS workers speak with, and the voices
+  refreshTts: () => refreshTts(),
 };
 window.voicefleet = vf;
 
@@ -68,7 +70,7 @@ const ui = {
   start: $('start'), reconnect: $('reconnect'), newSession: $('new-session'), voice: $('voice'),
   token: $('token'), status: $('status'), notice: $('notice'), log: $('log'),
   partial: $('partial'), meter: $('meter-fill'), speaking: $('speaking'), sessionId: $('session-id'),
-  stats: $('stats'),
+  stats: $('stats'), provider: $('tts-provider'),
 };
 
 function defaultWsUrl() {
@@ -94,6 +96,61 @@ if (voiceParam) {
   }
   ui.voice.value = voiceParam;
 }
+// ---------------------------------------------------------------------------------------------
+// What the fleet speaks with: the TTS provider(s), version and health, and the voices on offer
+const TTS_REFRESH_MS = 15000;
+
+function describeProviders(info) {
+  // One entry per distinct provider the workers send sentences to now, with its worker count.
+  const speaking = new Map();
+  for (const w of info.workers) {
+    const p = w.providers.find((q) => q.label === w.active);
+    if (!p) continue;
+    const key = `${p.engine} ${p.version} (${p.label}) · ${p.health}`;
+    const entry = speaking.get(key) || { p, workers: 0 };
+    entry.workers++;
+    speaking.set(key, entry);
+  }
+  return [...speaking.entries()];
+}
+
+function showTts(info) {
+  vf.tts = info;
+  const speaking = describeProviders(info);
+  if (speaking.length === 0) {
+    ui.provider.textContent = 'Voice: no speech worker has reported yet';
+    ui.provider.dataset.health = 'unknown';
+  } else {
+    ui.provider.textContent = 'Voice: ' + speaking.map(([key, e]) => (
+      e.workers > 1 ? `${key} × ${e.workers} workers` : key)).join('; ');
+    const healths = new Set(speaking.map(([, e]) => e.p.health));
+    ui.provider.dataset.health = healths.size === 1 ? [...healths][0] : 'mixed';
+  }
+  ui.provider.title = `Voices offered by ${info.source}`;
+  if (!info.voices.length) return; // nothing listed: keep the page's own choices
+  const wanted = voiceParam || ui.voice.value || info.default;
+  ui.voice.replaceChildren(...info.voices.map((v) => new Option(v, v)));
+  // A voice the URL asked for stays chosen even if not on offer (the server then says why).
+  if (info.voices.includes(wanted) || info.anyVoice || wanted === voiceParam) {
+    if (!info.voices.includes(wanted)) ui.voice.add(new Option(wanted, wanted));
+    ui.voice.value = wanted;
+  } else {
+    ui.voice.value = info.voices.includes(info.default) ? info.default : info.voices[0];
+  }
+}
+
+async function refreshTts() {
+  try {
+    const response = await fetch(new URL('tts/providers', location.href), { cache: 'no-store' });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    showTts(await response.json());
+  } catch (err) {
+    ui.provider.textContent = 'Voice: unknown (the server did not say)';
+    ui.provider.dataset.health = 'unknown';
+    recordEvent({ type: 'tts_providers_failed', t: now(), error: String(err.message || err) });
+  }
+}
+
 function forgetSession() {
   sessionStorage.removeItem(SESSION_KEY);
   sessionStorage.removeItem(SECRET_KEY);
@@ -903,6 +960,9 @@ window.addEventListener('pagehide', () => {
 });
 
 setState('idle');
+refreshTts();
+// The voice can be changed only between sessions: refresh what is on offer while idle.
+setInterval(() => { if (!['starting', 'connecting', 'ready', 'stopping'].includes(vf.state)) refreshTts(); }, TTS_REFRESH_MS);
 if (!window.isSecureContext) {
   showNotice(`The microphone needs a secure page: open this client over https:// or on http://localhost (this page is ${location.origin}).`);
 }

@@ -73,8 +73,11 @@ def test_no_replicated_pod_shares_a_read_write_once_claim(overlay: str) -> None:
 
 
 # --- k3s ------------------------------------------------------------------------------------------
-def test_k3s_component_runs_every_gpu_pod_with_the_nvidia_runtime(tmp_path: Path) -> None:
-    docs = render_with(tmp_path, "one-box", K8S / "components" / "k3s")
+@pytest.mark.parametrize("overlay", ["one-box", "tts-provider"])
+def test_k3s_component_runs_every_gpu_pod_with_the_nvidia_runtime(
+    tmp_path: Path, overlay: str
+) -> None:
+    docs = render_with(tmp_path, overlay, K8S / "components" / "k3s")
     (runtime_class,) = by_kind(docs, "RuntimeClass").values()
     for name, workload in workloads(docs).items():
         pod = workload["spec"]["template"]["spec"]

@@ -130,18 +130,21 @@ async def test_every_cpu_box_workload_runs_as_declared_and_a_spoken_turn_crosses
     print(f"cpu-box turn in {time.monotonic() - started:.0f} s: {turn}")
 
 
-GPU_OVERLAYS = ("one-box", "multi-node", "multi-node-hpa")
+GPU_OVERLAYS = ("one-box", "multi-node", "multi-node-hpa", "tts-provider")
 
 
 @pytest.mark.parametrize("overlay", GPU_OVERLAYS)
 async def test_gpu_overlays_cpu_workloads_run_as_declared(
     image: Build, namespace: str, overlay: str
 ) -> None:
-    """Of a GPU overlay, what runs on the CPU image (gateway, LLM bridges) starts and gets ready;
-    STT, TTS (CUDA image) and vLLM need a GPU and are not run here."""
+    """Of a GPU overlay, what runs on the CPU image (gateway, LLM bridges; in tts-provider the
+    TTS workers too) starts and gets ready; STT, TTS (CUDA image), the TTS provider servers and
+    vLLM need a GPU and are not run here. TTS workers without their provider server get ready
+    on their own engine, the fallback they declare."""
     docs = kustomize_build(K8S / "overlays" / overlay)
     workloads = fleet_workloads(docs, image.image)
-    assert set(workloads) == {"voicefleet-gateway", "voicefleet-llm"}
+    cpu_tts = {"voicefleet-tts"} if overlay == "tts-provider" else set()
+    assert set(workloads) == {"voicefleet-gateway", "voicefleet-llm", *cpu_tts}
     ready = await asyncio.to_thread(start_and_wait, Cluster(docs, SECRETS, namespace), workloads)
     print(f"\n{overlay} start to ready: " + ", ".join(f"{k} {v:.0f} s" for k, v in ready.items()))
 

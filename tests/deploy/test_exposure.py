@@ -20,7 +20,7 @@ from tests.deploy.manifests import OVERLAYS, REPO
 from tests.deploy.test_manifests import built, by_kind
 
 # What a browser and the app server in front of it need from the gateway.
-PUBLIC = ("/", "/static", "/ws/audio", "/v1/tokens")
+PUBLIC = ("/", "/static", "/ws/audio", "/v1/tokens", "/tts/providers")
 CADDYFILE = REPO / "deploy" / "caddy" / "Caddyfile"
 MONITORING = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
 
@@ -123,7 +123,7 @@ def caddy_matches(pattern: str, path: str) -> bool:
 def test_compose_tls_proxy_proxies_only_the_public_paths() -> None:
     patterns = caddy_proxied_patterns(CADDYFILE.read_text())
     # Caddy's `/static/*` covers the files; `/static` itself is no page.
-    for path in ("/", "/ws/audio", "/v1/tokens", "/static/app.js"):
+    for path in ("/", "/ws/audio", "/v1/tokens", "/tts/providers", "/static/app.js"):
         assert any(caddy_matches(q, path) for q in patterns), path
     for path in internal_paths():
         for request in samples(path):

@@ -138,29 +138,94 @@ def test_fleet_pods_run_as_non_root_with_limits(overlay: str) -> None:
         assert resources["requests"]["cpu"] and resources["limits"]["memory"], role
 
 
+def components_of(overlay: str) -> str:
+    return (K8S / "overlays" / overlay / "kustomization.yaml").read_text()
+
+
 GPU_OVERLAYS = [
     overlay
     for overlay in OVERLAYS
-    if "components/gpu-workers" in (K8S / "overlays" / overlay / "kustomization.yaml").read_text()
+    if re.search(r"components/gpu-(workers|stt)\b", components_of(overlay))
 ]
+# TTS as its own service: GPU provider servers, TTS workers on CPU speaking through them.
+PROVIDER_OVERLAYS = [o for o in OVERLAYS if "components/tts-provider" in components_of(o)]
 
 
 def test_only_cpu_box_runs_without_a_gpu() -> None:
     assert set(OVERLAYS) - set(GPU_OVERLAYS) == {"cpu-box"}
+    assert PROVIDER_OVERLAYS == ["tts-provider"]
+
+
+def env_values(spec: dict[str, Any]) -> dict[str, str | None]:
+    return {item["name"]: item.get("value") for item in spec.get("env", [])}
 
 
 @pytest.mark.parametrize("overlay", GPU_OVERLAYS)
 def test_gpu_workers(overlay: str) -> None:
     deployments = by_kind(built(overlay), "Deployment")
-    for role, setting, value in (
-        ("stt", "VF_STT_DEVICE", "cuda"),
-        ("tts", "VF_TTS_EXECUTION_PROVIDER", "CUDAExecutionProvider"),
-    ):
-        worker = container(deployments[f"voicefleet-{role}"])
-        env = {item["name"]: item.get("value") for item in worker["env"]}
-        assert env[setting] == value
-        assert worker["image"].endswith("-cuda")
-        assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    gpu_tts = (
+        ("tts-provider", "--device", "cuda")
+        if overlay in PROVIDER_OVERLAYS
+        else ("tts", "VF_TTS_EXECUTION_PROVIDER", "CUDAExecutionProvider")
+    )
+    for role, setting, value in (("stt", "VF_STT_DEVICE", "cuda"), gpu_tts):
+        spec = container(deployments[f"voicefleet-{role}"])
+        if setting.startswith("--"):
+            assert spec["args"][spec["args"].index(setting) + 1] == value
+        else:
+            assert env_values(spec)[setting] == value
+        assert spec["image"].endswith("-cuda")
+        assert spec["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+@pytest.mark.parametrize("overlay", PROVIDER_OVERLAYS)
+def test_tts_workers_on_cpu_speak_through_the_provider_service_scaled_on_its_own(
+    overlay: str,
+) -> None:
+    docs = built(overlay)
+    deployments = by_kind(docs, "Deployment")
+    worker = container(deployments["voicefleet-tts"])
+    assert worker["image"].endswith("-cpu")
+    assert "nvidia.com/gpu" not in worker["resources"]["limits"]
+    env = env_values(worker)
+    assert env["VF_TTS_PROVIDERS"] == "remote,local"  # their own Kokoro as the fallback
+    assert "VF_TTS_EXECUTION_PROVIDER" not in env
+    # The URL names the provider Service and its port, which leads to the servers' port.
+    service = by_kind(docs, "Service")["voicefleet-tts-provider"]
+    (port,) = service["spec"]["ports"]
+    assert env["VF_TTS_PROVIDER_URL"] == f"http://{service['metadata']['name']}:{port['port']}"
+    provider = deployments["voicefleet-tts-provider"]
+    server = container(provider)
+    ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    assert port["targetPort"] in ports
+    assert server["args"][server["args"].index("--port") + 1] == str(ports[port["targetPort"]])
+    assert server["args"][server["args"].index("--host") + 1] == "0.0.0.0"
+    labels = provider["spec"]["template"]["metadata"]["labels"]
+    assert all(labels[k] == v for k, v in service["spec"]["selector"].items())
+    for probe in PROBES:
+        assert server[probe]["httpGet"] == {"path": "/tts/health", "port": "http"}, probe
+    # Its own replica count, which no autoscaler of the workers' overrides.
+    assert provider["spec"]["replicas"] >= 2
+    scalers = [d for d in docs if d["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")]
+    assert "voicefleet-tts-provider" not in {s["spec"]["scaleTargetRef"]["name"] for s in scalers}
+    assert "voicefleet-tts-provider" in by_kind(docs, "PodDisruptionBudget")
+    # No authentication of its own: only the TTS workers reach it.
+    policy = by_kind(docs, "NetworkPolicy")["voicefleet-tts-provider-ingress"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "voicefleet",
+        "app.kubernetes.io/component": "tts-provider",
+    }
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert peer == {
+        "podSelector": {
+            "matchLabels": {
+                "app.kubernetes.io/name": "voicefleet",
+                "app.kubernetes.io/component": "tts",
+            }
+        }
+    }
+    assert [p["port"] for p in rule["ports"]] == [ports["http"]]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

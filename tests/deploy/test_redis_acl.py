@@ -26,7 +26,17 @@ import redis.asyncio as redis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from fleet.settings import Settings
-from fleet.state import Exchange, SessionStore, TurnWatch, connect_redis, key_prefix, secret_hash
+from fleet.state import (
+    Exchange,
+    ProviderOffer,
+    SessionStore,
+    TtsOffer,
+    TtsOffers,
+    TurnWatch,
+    connect_redis,
+    key_prefix,
+    secret_hash,
+)
 from tests.deploy.manifests import OVERLAYS
 from tests.deploy.test_cluster_rules import render_with
 from tests.deploy.test_compose import rendered
@@ -172,6 +182,17 @@ async def test_each_role_does_its_job_under_its_own_user(
         # The TTS worker reads the turn and counts its deliveries.
         assert not await watches["tts"].is_stale(session, 1)
         assert await tts.count_delivery("m-2") == 1
+        # The TTS worker publishes what it offers; the gateway reads it, and drops from the
+        # index a worker whose record expired (here: deleted as the TTL would).
+        local = ProviderOffer("local", "kokoro", "0.6.1", "ok", voices=("af_heart",))
+        tts_offers = TtsOffers(tts.redis, tts.settings)
+        gateway_offers = TtsOffers(gateway.redis, gateway.settings)
+        await tts_offers.publish(TtsOffer("tts-1", "local", (local,)), 30)
+        await tts_offers.publish(TtsOffer("tts-2", "local", (local,)), 30)
+        assert [o.worker for o in await gateway_offers.current()] == ["tts-1", "tts-2"]
+        await tts_offers.withdraw("tts-1")
+        await admin.delete(f"{key_prefix(acl_redis.namespace)}:tts:offer:tts-2")
+        assert await gateway_offers.current() == []
         # The gateway ends the stream and, later, the session.
         await gateway.end_stream(session, "stream-1")
         assert await stt.stream_ended(session, "stream-1")
@@ -214,6 +235,10 @@ async def test_each_role_is_refused_everything_else(
     for worker in (stt, llm, tts):
         await refused(worker.redis.publish(worker.turn_channel, '{"session": "x", "turn": 9}'))
     await refused(gateway.redis.incr(f"{p}:deliveries:m-1"))
+    # Offers are the TTS workers' to write; the gateway only reads them.
+    await refused(gateway.redis.set(f"{p}:tts:offer:forged", "{}"))
+    await refused(stt.redis.set(f"{p}:tts:offer:forged", "{}"))
+    await refused(tts.redis.set(f"{p}:session:{session}:turn", "9"))
     # (a plain client: the pub/sub client reads the answer only later)
     plain: Any = gateway.redis
     await refused(plain.execute_command("SUBSCRIBE", gateway.turn_channel))

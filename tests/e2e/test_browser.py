@@ -7,6 +7,7 @@ receive the spoken reply. A screenshot of the finished turn is kept in artifacts
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import re
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fleet.engines import KOKORO_VOICES
 from tests.browser import CHROMIUM_NAMES, Browser, CdpError, find_chromium, write_wav
 from tests.fleet_processes import ARTIFACTS, Fleet
 from tests.prerequisites import require
@@ -72,6 +74,8 @@ async def test_browser_shows_transcript_and_plays_reply(fleet: Fleet, tmp_path: 
     turn: dict[str, Any] | None = None
     page_text = ""
     events: Any = None
+    provider_line = ""
+    voices: list[str] = []
     browser = Browser(fake_audio=wav, log_path=ARTIFACTS / "browser" / "chromium.log")
 
     def evidence(message: str) -> str:
@@ -102,6 +106,15 @@ async def test_browser_shows_transcript_and_plays_reply(fleet: Fleet, tmp_path: 
                 await browser.wait_for("document.body.innerText.includes('TTFA')", seconds=10)
             page_text = await browser.evaluate("document.body.innerText") or ""
             events = await browser.evaluate_json("voicefleet.events")
+            # What the fleet speaks with, as GET /tts/providers said at page load.
+            provider_line = await browser.wait_for(
+                "voicefleet.tts && voicefleet.tts.workers.length"
+                " && document.getElementById('tts-provider').textContent",
+                seconds=10,
+            )
+            voices = await browser.evaluate_json(
+                "[...document.getElementById('voice').options].map((o) => o.value)"
+            )
             await browser.screenshot(SCREENSHOT)
         except (CdpError, TimeoutError) as exc:
             pytest.fail(evidence(f"driving the page failed: {exc!r}"))
@@ -128,6 +141,11 @@ async def test_browser_shows_transcript_and_plays_reply(fleet: Fleet, tmp_path: 
     assert "TTFA" in page_text, evidence("TTFA not shown on the page")
     problems = [c for c in browser.console if c.split(":", 1)[0] in ("error", "assert")]
     assert not browser.exceptions and not problems, evidence("JavaScript errors on the page")
+    # The page shows the provider the TTS worker speaks with (its own Kokoro), its version and
+    # health, and offers the voices it has.
+    kokoro = importlib.metadata.version("kokoro-onnx")
+    assert provider_line == f"Voice: kokoro {kokoro} (local) · ok", evidence(provider_line)
+    assert voices == list(KOKORO_VOICES), evidence(f"voice picker: {voices}")
 
     print(
         f"\nbrowser turn: transcript={transcript!r} reply={turn['assistantText']!r} "

@@ -13,11 +13,12 @@ import time
 from collections.abc import Iterator
 
 import aio_pika
+import httpx
 import pytest
 import websockets
 
 from fleet.engines import KOKORO_VOICES, WHISPER_LANGUAGES
-from fleet.state import connect_redis
+from fleet.state import ProviderOffer, TtsOffer, TtsOffers, connect_redis
 from fleet.topology import Names
 from tests.fleet_processes import Fleet, running_fleet
 
@@ -111,6 +112,72 @@ async def test_an_unknown_voice_is_refused_at_start_naming_the_voices(gateway: F
     assert close_code == 1003
     assert str(errors[0]["message"]).split(": ", 1)[1].split(", ") == list(KOKORO_VOICES)
     await nothing_was_started(gateway)
+
+
+async def test_a_voice_the_tts_provider_does_not_offer_is_refused_naming_its_voices(
+    gateway: Fleet,
+) -> None:
+    """With a TTS worker's offer published, its provider's voices are the ones accepted: a
+    Kokoro name the static list has but the provider does not is refused."""
+    offers = TtsOffers(connect_redis(gateway.settings), gateway.settings)
+    remote = ProviderOffer("remote", "kokoro", "0.4.2", "ok", voices=("af_heart", "bf_emma"))
+    local = ProviderOffer("local", "kokoro", "0.6.1", "ok", voices=KOKORO_VOICES)
+    await offers.publish(TtsOffer("tts-offering", "remote", (remote, local)), 30)
+    try:
+        async with websockets.connect(gateway.ws_url) as ws:
+            await ws.send(json.dumps({**START, "voice": "am_adam", "language": "en"}))
+            errors, close_code = await errors_and_close(ws)
+    finally:
+        await offers.withdraw("tts-offering")
+        await offers.redis.aclose()
+    assert [e["code"] for e in errors] == ["unknown_voice"]
+    assert close_code == 1003
+    assert errors[0]["message"] == (
+        "unknown voice 'am_adam'; the TTS provider kokoro 0.4.2 (remote) offers: af_heart, bf_emma"
+    )
+    await nothing_was_started(gateway)
+
+
+async def test_the_page_is_told_what_the_tts_workers_offer(gateway: Fleet) -> None:
+    """GET /tts/providers: the engine's list while no worker has published; then the worker's
+    providers, versions and health, and its speaking provider's voices, without the reasons
+    for ill health (they name internal addresses)."""
+    url = f"{gateway.http_url}/tts/providers"
+    async with httpx.AsyncClient() as client:
+        before = (await client.get(url)).json()
+        assert before == {
+            "workers": [],
+            "voices": list(KOKORO_VOICES),
+            "anyVoice": False,
+            "default": "af_heart",
+            "source": "the kokoro engine",
+        }
+        offers = TtsOffers(connect_redis(gateway.settings), gateway.settings)
+        down = "provider server http://10.0.0.7:8090 is not healthy: ConnectError"
+        remote = ProviderOffer("remote", "kokoro", "0.4.2", "down", down, ("af_heart",))
+        piper = ProviderOffer("local", "piper", "1.3.0", "ok", "", ("en_US-joe-medium",), True)
+        await offers.publish(TtsOffer("tts-7", "local", (remote, piper)), 30)
+        try:
+            after = (await client.get(url)).json()
+        finally:
+            await offers.withdraw("tts-7")
+            await offers.redis.aclose()
+    assert after == {
+        "workers": [
+            {
+                "worker": "tts-7",
+                "active": "local",
+                "providers": [
+                    {"label": "remote", "engine": "kokoro", "version": "0.4.2", "health": "down"},
+                    {"label": "local", "engine": "piper", "version": "1.3.0", "health": "ok"},
+                ],
+            }
+        ],
+        "voices": ["en_US-joe-medium"],
+        "anyVoice": True,
+        "default": "af_heart",
+        "source": "the TTS provider piper 1.3.0 (local)",
+    }
 
 
 async def test_connections_per_address_are_capped(gateway: Fleet) -> None:

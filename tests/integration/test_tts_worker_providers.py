@@ -9,15 +9,16 @@ compared, byte for byte, with the sentence spoken here by the worker's own chunk
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
-from fleet.contracts import AudioOut, TtsRequest
+from fleet.contracts import AudioOut, TtsRequest, TurnFailed
 from fleet.settings import Settings
-from fleet.state import SessionStore
+from fleet.state import SessionStore, TtsOffer, TtsOffers
 from fleet.topology import Bus
 from tests.event_tap import EventTap
 from tests.fleet_processes import FleetProcess, free_port
@@ -90,6 +91,24 @@ async def spoken(
     return tap.of(AudioOut, session)
 
 
+async def offered(
+    store: SessionStore, settings: Settings, worker: str, wanted: Callable[[TtsOffer], bool]
+) -> TtsOffer:
+    """The offer ``worker`` has published in Redis, once it is as ``wanted``."""
+    offers = TtsOffers(store.redis, settings)
+    async with asyncio.timeout(30):
+        # The worker writes Redis: there is nothing to wait on but the record itself.
+        while True:
+            offer = next((o for o in await offers.current() if o.worker == worker), None)
+            if offer is not None and wanted(offer):
+                return offer
+            await asyncio.sleep(0.1)
+
+
+def speaking_health(offer: TtsOffer) -> str:
+    return offer.speaking.health if offer.speaking is not None else "none"
+
+
 async def test_a_tts_worker_speaks_through_a_provider_server(
     settings: Settings,
     bus: Bus,
@@ -111,6 +130,17 @@ async def test_a_tts_worker_speaks_through_a_provider_server(
     assert sum(e.get("event") == "tts_stream_done" for e in server.process.log_events()) > served
     loaded = await logged(worker, "tts_provider_loaded", patience=1)
     assert "remote " in str(loaded["version"])
+    # What it speaks with is published for the gateway: the server's engine, version, voices.
+    offer = await offered(store, settings, "tts", lambda o: speaking_health(o) == "ok")
+    async with httpx.AsyncClient() as client:
+        version = (await client.get(f"{server.url}/tts/health")).json()["version"]
+    assert offer.active == "remote"
+    (remote,) = offer.providers
+    assert (remote.label, remote.engine, remote.version) == ("remote", "kokoro", version)
+    assert len(remote.voices) == 54 and "bf_emma" in remote.voices and not remote.any_voice
+    # Stopped, it withdraws the offer at once (a killed one's expires).
+    assert worker.stop() == 0
+    assert [o.worker for o in await TtsOffers(store.redis, settings).current()] == []
 
 
 async def test_the_reply_completes_on_the_local_engine_when_the_provider_server_dies_mid_sentence(
@@ -127,6 +157,9 @@ async def test_the_reply_completes_on_the_local_engine_when_the_provider_server_
             settings,
             VF_TTS_PROVIDERS="remote,local",
             VF_TTS_PROVIDER_URL=doomed.url,
+            # The server is killed after its first part; on a loaded box that part (510
+            # phonemes) took over the default 10 s, and the worker timed out before it came.
+            VF_TTS_PROVIDER_TIMEOUT_S="60",
         )
         tap = await EventTap.open(bus, session)
         since = len(doomed.process.log_events())
@@ -147,7 +180,7 @@ async def test_the_reply_completes_on_the_local_engine_when_the_provider_server_
 
 
 async def test_a_provider_server_of_a_version_out_of_range_is_refused(
-    settings: Settings, server: ProviderServer, processes: list[FleetProcess]
+    settings: Settings, store: SessionStore, server: ProviderServer, processes: list[FleetProcess]
 ) -> None:
     health_port, metrics_port = free_port(), free_port()
     worker = start_role(
@@ -174,8 +207,58 @@ async def test_a_provider_server_of_a_version_out_of_range_is_refused(
         assert message in readiness.text
         metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
     assert 'vf_tts_provider_refused{provider="remote"} 1.0' in metrics
+    # The page and the gateway see it refused, and why.
+    offer = await offered(store, settings, "tts", lambda o: speaking_health(o) == "refused")
+    assert message in (offer.speaking.detail if offer.speaking else "")
     # Refused, it takes no work: it never starts consuming.
     assert not any(e.get("event") == "serving" for e in worker.log_events())
+
+
+async def test_a_provider_server_restarted_as_a_version_out_of_range_is_refused_on_reconnecting(
+    settings: Settings,
+    bus: Bus,
+    store: SessionStore,
+    session: str,
+    processes: list[FleetProcess],
+) -> None:
+    """The worker accepted the server at start; between two sentences the server is replaced,
+    on the same address, by one of the next major version (a restart as another release). At
+    its next sentence the worker notices, uses none of its audio, checks it again and refuses
+    it: not ready, the metric, the message."""
+    port, health_port, metrics_port = free_port(), free_port(), free_port()
+    readyz = f"http://127.0.0.1:{health_port}/readyz"
+    with provider_server("kokoro", name="tts-provider-before", port=port) as before:
+        worker = start_role(
+            processes,
+            settings,
+            "tts",
+            "worker",
+            "tts",
+            VF_TTS_PROVIDERS="remote",
+            VF_TTS_PROVIDER_URL=before.url,
+            VF_TTS_BREAKER_COOLDOWN_S="1",
+            VF_HEALTH_PORT=str(health_port),
+            VF_METRICS_PORT=str(metrics_port),
+        )
+        await logged(worker, "serving", patience=WORKER_START_S)
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(readyz)).status_code == 200
+    with provider_server("kokoro", name="tts-provider-after", port=port, version="1.0.0"):
+        tap = await EventTap.open(bus, session)
+        turn = await store.next_turn(session)
+        await bus.publish(TtsRequest(session, turn, 0, SENTENCE, "af_heart"))
+        refused = await logged(worker, "tts_provider_refused", patience=60)
+        message = "reports version 1.0.0; this worker accepts >=0.1.0,<1.0.0"
+        assert message in str(refused["reason"])
+        async with httpx.AsyncClient() as client:
+            readiness = await client.get(readyz)
+            metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+        assert readiness.status_code == 503 and message in readiness.text
+        assert 'vf_tts_provider_refused{provider="remote"} 1.0' in metrics
+        # The sentence is given up (no provider may speak it), and nothing of the refused
+        # server's audio reached the session.
+        await tap.wait_for(TurnFailed, lambda m: m.session_id == session, timeout=60)
+        assert tap.of(AudioOut, session) == []
 
 
 # --- the chain in this process, against the server: breaker, time-out, auto ----------------

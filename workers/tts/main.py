@@ -11,9 +11,11 @@ import structlog
 from fleet import telemetry
 from fleet.contracts import AudioOut, TtsRequest, TurnFailed
 from fleet.errors import ErrorCode
+from fleet.state import TtsOffers
 from fleet.topology import Route
 from fleet.worker import Runtime, run_worker
 from workers.tts.chunks import speech_chunks
+from workers.tts.offer import publish_offers
 from workers.tts.providers import SpeechSynthesizer, speaking_synthesizer
 from workers.tts.providers.chain import ProviderChain
 
@@ -141,6 +143,23 @@ PROBE_INTERVAL_S = 1.0
 def run() -> None:
     async def serve(runtime: Runtime) -> None:
         synthesizer = await asyncio.to_thread(speaking_synthesizer, runtime.settings)
+        # What it speaks with, for the gateway's voice check and page (workers/tts/offer.py).
+        offering = asyncio.create_task(
+            publish_offers(
+                synthesizer,
+                runtime.worker_id,
+                TtsOffers(runtime.store.redis, runtime.settings),
+                runtime.stopping,
+            )
+        )
+        try:
+            await _serve(runtime, synthesizer)
+        finally:
+            offering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await offering
+
+    async def _serve(runtime: Runtime, synthesizer: SpeechSynthesizer) -> None:
         probing: asyncio.Task[None] | None = None
         if isinstance(synthesizer, ProviderChain):
             runtime.readiness_checks.append(synthesizer.problems)

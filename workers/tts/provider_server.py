@@ -40,6 +40,9 @@ PROVIDER_VERSION = importlib.metadata.version("voicefleet")
 MAX_INPUT_CHARS = 4096
 PCM_MEDIA_TYPE = "audio/pcm"
 SAMPLE_RATE_HEADER = "X-Sample-Rate"
+# On every stream: a worker notices a server restarted as another version at its next sentence,
+# and checks that version before using it again.
+VERSION_HEADER = "X-Provider-Version"
 
 
 class LocalEngine(Protocol):
@@ -203,7 +206,12 @@ def create_app(service: ProviderService) -> FastAPI:
 
     @app.get("/tts/voices")
     async def voices() -> dict[str, object]:
-        return {"voices": engine.voices, "default": service.default_voice}
+        # Piper speaks any name with its one voice; Kokoro refuses names it does not list.
+        return {
+            "voices": engine.voices,
+            "default": service.default_voice,
+            "any_name": engine.name == "piper",
+        }
 
     @app.post("/tts/stream", response_class=StreamingResponse)
     async def stream(request: SpeechRequest) -> StreamingResponse:
@@ -215,7 +223,10 @@ def create_app(service: ProviderService) -> FastAPI:
         return StreamingResponse(
             _logged_stream(first, rest, started, False, engine.sample_rate),
             media_type=PCM_MEDIA_TYPE,
-            headers={SAMPLE_RATE_HEADER: str(engine.sample_rate)},
+            headers={
+                SAMPLE_RATE_HEADER: str(engine.sample_rate),
+                VERSION_HEADER: PROVIDER_VERSION,
+            },
         )
 
     @app.post("/tts/generate")

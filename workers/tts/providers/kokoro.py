@@ -30,6 +30,8 @@ class KokoroSynthesizer:
     """
 
     name = "kokoro"
+    # Only the voices in its voices file (`voices`); other names are refused.
+    any_voice = False
 
     def __init__(
         self,

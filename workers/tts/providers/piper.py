@@ -48,6 +48,8 @@ class PiperSynthesizer:
     """
 
     name = "piper"
+    # Any name is spoken, with its one voice (above).
+    any_voice = True
 
     def __init__(self, model_path: str | Path, config_path: str | Path, speed: float) -> None:
         if speed <= 0:

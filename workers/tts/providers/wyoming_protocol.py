@@ -62,6 +62,8 @@ class WyomingSynthesizer:
     """`SpeechSynthesizer` for a Wyoming TTS server; audio is resampled to the wire's rate."""
 
     name = "wyoming"
+    # A name it does not list gets its default voice.
+    any_voice = True
     sample_rate = OUTPUT_SAMPLE_RATE
 
     def __init__(self, url: str, timeout_s: float) -> None:
