@@ -10,6 +10,7 @@ import structlog
 
 from fleet import telemetry
 from fleet.contracts import AudioOut, TtsRequest, TurnFailed
+from fleet.deadlines import Rank, tts_rank
 from fleet.errors import ErrorCode
 from fleet.topology import Route
 from fleet.worker import Runtime, run_worker
@@ -82,6 +83,11 @@ class TtsWorker:
 
     async def gave_up(self, request: TtsRequest) -> None:
         await self.give_up(request, f"sentence {request.sentence} failed on every attempt")
+
+
+def piece_rank(request: TtsRequest, received: float) -> Rank:
+    """Held pieces are served first pieces first, then earliest deadline (fleet/deadlines.py)."""
+    return tts_rank(request.sentence, request.deadline, received)
 
 
 # Spoken once at start, before the worker takes jobs.
@@ -163,6 +169,8 @@ def run() -> None:
                 worker.handle,
                 runtime.settings.tts_concurrency,
                 gave_up=worker.gave_up,
+                prefetch=runtime.settings.tts_prefetch,
+                rank=piece_rank,
             )
         finally:
             if probing is not None:
