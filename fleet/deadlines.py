@@ -13,7 +13,9 @@ time in seconds; docs/architecture.md, "Deadlines"):
 
 A TTS worker holds a small window of deliveries (``VF_TTS_PREFETCH``) and runs them through
 :class:`EarliestFirst`: first pieces before later pieces, then by deadline, then in arrival order
-(:func:`tts_rank`). A piece already being synthesized is not interrupted.
+(:func:`tts_rank`). A piece already being synthesized is not interrupted; with two slots or more
+one is kept for first pieces, so a first piece that arrives during a later piece's synthesis
+starts at once beside it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import AsyncIterator, Callable
 
 # Seconds of published audio (speech and the pause after the piece) per character of text:
 # Kokoro-82M, voice af_heart, speed 1.0 (benchmarks/tts_parallel.py; docs/benchmarks.md).
-CHARS_PER_S = 14.0
+CHARS_PER_S = 17.6
 
 # (0 for the first piece of a reply else 1, deadline): smaller is served first, ties in arrival
 # order.
@@ -71,13 +73,26 @@ class Closed(Exception):
 
 
 class EarliestFirst:
-    """At most ``slots`` holders at once; a freed slot goes to the waiter with the smallest rank
-    (ties in arrival order). Never blocks the event loop; a cancelled waiter leaves the line."""
+    """Who of the held jobs runs now: at most ``slots`` at once, the smallest rank first (ties in
+    arrival order), and the critical path never shares the cores by choice.
+
+    A rank whose class (``rank[0]``) is 0 is on the critical path (a reply's first piece: the
+    user is waiting for it); any other class has slack (a later piece: the audio before it is
+    still to play). A synthesis cannot be interrupted, so with two slots or more one is kept for
+    critical work: non-critical jobs hold at most ``slots - 1``, and start only while no critical
+    job runs. So a first piece that arrives during a later piece's synthesis starts at once
+    beside it (instead of waiting for it: benchmarks/tts_parallel.py, docs/benchmarks.md), and
+    no later piece starts beside a first piece. With one slot it is plain earliest first.
+
+    Never blocks the event loop; a cancelled waiter leaves the line.
+    """
 
     def __init__(self, slots: int) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
-        self._free = slots
+        self._slots = slots
+        self._running = 0
+        self._running_critical = 0
         self._line: list[tuple[Rank, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
         self._closed = False
@@ -86,6 +101,10 @@ class EarliestFirst:
     @property
     def waiting(self) -> int:
         return sum(not future.done() for _, _, future in self._line)
+
+    @property
+    def running(self) -> int:
+        return self._running
 
     async def until_waiting(self, count: int) -> None:
         """Return once ``count`` waiters are in line (for tests and inspection)."""
@@ -98,30 +117,47 @@ class EarliestFirst:
         """Hold a slot for the body; raises :class:`Closed` instead once :meth:`close` is called."""
         if self._closed:
             raise Closed
-        if self._free > 0 and not self.waiting:
-            self._free -= 1
-        else:
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            heapq.heappush(self._line, (rank, next(self._arrivals), future))
-            self._lined_up.set()
-            try:
-                await future
-            except asyncio.CancelledError:
-                if future.done() and not future.cancelled():
-                    self._release()  # granted as we were cancelled: pass it on
-                raise
+        critical = rank[0] == 0
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._line, (rank, next(self._arrivals), future))
+        self._lined_up.set()
+        self._grant()
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self._release(critical)  # granted as we were cancelled: pass it on
+            raise
         try:
             yield
         finally:
-            self._release()
+            self._release(critical)
 
-    def _release(self) -> None:
+    def _may_start(self, critical: bool) -> bool:
+        if critical:
+            return self._running < self._slots
+        kept = 1 if self._slots > 1 else 0
+        return self._running_critical == 0 and self._running < self._slots - kept
+
+    def _grant(self) -> None:
+        """Start every waiter that may start now, smallest rank first."""
         while self._line:
-            _, _, future = heapq.heappop(self._line)
-            if not future.done():
-                future.set_result(None)  # the slot passes straight to the next in line
-                return
-        self._free += 1
+            rank, _, future = self._line[0]
+            if future.done():  # cancelled while waiting
+                heapq.heappop(self._line)
+                continue
+            critical = rank[0] == 0
+            if not self._may_start(critical):
+                return  # those behind it rank higher: none of them may start either
+            heapq.heappop(self._line)
+            self._running += 1
+            self._running_critical += critical
+            future.set_result(None)
+
+    def _release(self, critical: bool) -> None:
+        self._running -= 1
+        self._running_critical -= critical
+        self._grant()
 
     def close(self) -> None:
         """Refuse every waiter and newcomer with :class:`Closed`; holders keep their slots."""

@@ -335,7 +335,13 @@ class Settings(BaseSettings):
     tts_voice: str = Field("af_heart", description="Default voice.")
     tts_lang: str = Field("en-us", description="Language code for phonemization.")
     tts_speed: float = Field(1.0, description="Speech rate.")
-    tts_concurrency: int = Field(2, description="Sentences one TTS worker synthesizes at once.")
+    tts_concurrency: int = Field(
+        2,
+        description="Sentences one TTS worker synthesizes at once. Above 1, one slot is kept "
+        "for first pieces: a first piece that comes during a later piece's synthesis starts at "
+        "once beside it, and later pieces never start beside a first piece (docs/benchmarks.md, "
+        '"One synthesis at a time or two").',
+    )
     tts_prefetch: int = Field(
         4,
         ge=1,

@@ -104,27 +104,75 @@ async def test_a_freed_slot_goes_to_the_smallest_rank_then_in_arrival_order() ->
     assert order == [(0, 90.0), (0, 100.0), (1, 20.0), (1, 20.0), (1, 50.0)]
 
 
+class Holders:
+    """Jobs that hold their slot until released one by one; records who started."""
+
+    def __init__(self, gate: EarliestFirst) -> None:
+        self.gate = gate
+        self.started: list[str] = []
+        self._done: dict[str, asyncio.Event] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def add(self, name: str, rank: Rank) -> None:
+        self._done[name] = asyncio.Event()
+        self.tasks.append(asyncio.create_task(self._job(name, rank)))
+
+    async def _job(self, name: str, rank: Rank) -> None:
+        async with self.gate.slot(rank):
+            self.started.append(name)
+            await self._done[name].wait()
+
+    async def finish(self, name: str) -> None:
+        self._done[name].set()
+        await step()
+        await step()  # the job leaves; the gate starts the next, which runs to its wait
+
+    async def finish_all(self) -> None:
+        for done in self._done.values():
+            done.set()
+        await asyncio.gather(*self.tasks)
+
+
 async def test_never_more_holders_than_slots() -> None:
-    gate = EarliestFirst(2)
-    inside = 0
-    most = 0
-    release = asyncio.Event()
-
-    async def job(n: int) -> None:
-        nonlocal inside, most
-        async with gate.slot((1, float(n))):
-            inside += 1
-            most = max(most, inside)
-            await release.wait()
-            inside -= 1
-
-    jobs = [asyncio.create_task(job(n)) for n in range(5)]
+    jobs = Holders(EarliestFirst(2))
+    for n in range(5):
+        jobs.add(f"first {n}", (0, float(n)))
     await step()
-    assert gate.waiting == 3
-    assert inside == 2
-    release.set()
-    await asyncio.gather(*jobs)
-    assert most == 2
+    assert jobs.started == ["first 0", "first 1"]
+    assert jobs.gate.waiting == 3
+    await jobs.finish("first 0")
+    assert jobs.started == ["first 0", "first 1", "first 2"]
+    await jobs.finish_all()
+
+
+async def test_two_slots_run_later_pieces_one_at_a_time_and_a_first_piece_beside_one() -> None:
+    jobs = Holders(EarliestFirst(2))
+    jobs.add("later 1", (1, 10.0))
+    jobs.add("later 2", (1, 11.0))
+    await step()
+    assert jobs.started == ["later 1"]  # the second slot is kept for a first piece
+    jobs.add("first", (0, 12.0))
+    await step()
+    assert jobs.started == ["later 1", "first"]  # at once, not after "later 1"
+    assert jobs.gate.running == 2
+    await jobs.finish("later 1")
+    assert jobs.started == ["later 1", "first"]  # nothing beside a first piece
+    await jobs.finish("first")
+    assert jobs.started == ["later 1", "first", "later 2"]
+    await jobs.finish_all()
+
+
+async def test_with_one_slot_a_first_piece_waits_only_for_the_piece_in_synthesis() -> None:
+    jobs = Holders(EarliestFirst(1))
+    jobs.add("later 1", (1, 10.0))
+    jobs.add("later 2", (1, 11.0))
+    jobs.add("first", (0, 12.0))
+    await step()
+    assert jobs.started == ["later 1"]
+    await jobs.finish("later 1")
+    assert jobs.started == ["later 1", "first"]
+    await jobs.finish_all()
+    assert jobs.started == ["later 1", "first", "later 2"]
 
 
 async def test_a_cancelled_waiter_leaves_the_line_and_the_slot_passes_on() -> None:
@@ -179,3 +227,15 @@ async def test_closing_hands_back_the_waiters_and_refuses_newcomers() -> None:
         await waiter()
     release.set()
     assert await holding == "done"  # what was started finishes
+
+
+async def test_no_later_piece_starts_beside_a_first_piece_even_with_slots_to_spare() -> None:
+    jobs = Holders(EarliestFirst(3))
+    jobs.add("first", (0, 10.0))
+    jobs.add("later 1", (1, 11.0))
+    jobs.add("later 2", (1, 12.0))
+    await step()
+    assert jobs.started == ["first"]
+    await jobs.finish("first")
+    assert jobs.started == ["first", "later 1", "later 2"]  # two of three slots, one kept
+    await jobs.finish_all()
