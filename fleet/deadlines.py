@@ -28,7 +28,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 
-# Seconds of published audio (speech and the pause after the piece) per character of text:
+# Characters of text per second of published audio (speech and the pause after each piece):
 # Kokoro-82M, voice af_heart, speed 1.0 (benchmarks/tts_parallel.py; docs/benchmarks.md).
 CHARS_PER_S = 17.6
 
@@ -38,8 +38,9 @@ Rank = tuple[int, float]
 
 
 def speech_seconds(text: str, speed: float = 1.0) -> float:
-    """Estimated playing time of ``text`` spoken at ``speed`` (VF_TTS_SPEED)."""
-    return len(text.strip()) / (CHARS_PER_S * speed)
+    """Estimated playing time of ``text`` spoken at ``speed`` (VF_TTS_SPEED; one that is not
+    positive, which the engine refuses anyway, counts as 1)."""
+    return len(text.strip()) / (CHARS_PER_S * (speed if speed > 0 else 1.0))
 
 
 class ReplyClock:
