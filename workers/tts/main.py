@@ -34,7 +34,10 @@ class TtsWorker:
             telemetry.STALE_SKIPPED.labels("tts").inc()
             return
         superseded = turns.superseded(request.session_id, request.turn)
-        log.info("sentence_started", sentence=request.sentence)
+        # How late synthesis starts against the piece's deadline (a first piece: the time since it
+        # was sent, queueing included); negative = early.
+        late_s = round(time.time() - request.deadline, 3) if request.deadline > 0 else None
+        log.info("sentence_started", sentence=request.sentence, late_s=late_s)
         started = time.perf_counter()
         chunk = 0
         voice = request.voice or self.settings.tts_voice
