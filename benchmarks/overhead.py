@@ -7,7 +7,8 @@ prompt at temperature 0, so both produce the same replies and the engines' cost 
 - ``inprocess``: per session a StreamingTranscriber (one SttEngines shared by all sessions, as in
   an STT worker) -> on the final transcript, OpenAICompatibleChat streamed through a
   SentenceBuffer -> each piece to the synthesizer (at most ``tts_concurrency`` at once, first
-  pieces first, as the TTS worker's priority queue does) -> fixed 200 ms chunks. Timed: end of
+  pieces first then earliest deadline, as a TTS worker does: fleet/deadlines.py) -> fixed 200 ms
+  chunks. Timed: end of
   speech -> first chunk of the first piece.
 - ``fleet``: a private `voicefleet up` (1 gateway, 1 worker of each kind, one STT worker holding
   every session) and a WebSocket client per session. Timed at the client: end of speech -> first
@@ -31,14 +32,13 @@ import argparse
 import asyncio
 import contextlib
 import csv
-import heapq
 import os
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,9 +54,10 @@ from benchmarks.loadgen import (
 )
 from fleet import contracts
 from fleet.audio import INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, silence
+from fleet.deadlines import EarliestFirst, ReplyClock, tts_rank
 from fleet.settings import Settings, get_settings
 from fleet.state import connect_redis
-from fleet.topology import Bus, Route, decode_incoming, tts_priority
+from fleet.topology import Bus, Route, decode_incoming
 from voicefleet.client import FRAME_BYTES, FRAME_SECONDS, VoiceClient
 from voicefleet.namespaces import delete_namespace
 from workers.llm_bridge.chat import OpenAICompatibleChat
@@ -115,40 +116,13 @@ def stagger(session: int) -> float:
 # --- in process ----------------------------------------------------------------------------
 
 
-class PrioritySlots:
-    """At most ``n`` holders; waiters with a higher priority go first (a priority queue with
-    prefetch ``n``, as RabbitMQ gives the TTS worker)."""
-
-    def __init__(self, n: int) -> None:
-        self._free = n
-        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._order = 0
-
-    @contextlib.asynccontextmanager
-    async def slot(self, priority: int) -> AsyncIterator[None]:
-        if self._free > 0 and not self._waiting:
-            self._free -= 1
-        else:
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            heapq.heappush(self._waiting, (-priority, self._order, future))
-            self._order += 1
-            await future
-        try:
-            yield
-        finally:
-            if self._waiting:
-                heapq.heappop(self._waiting)[2].set_result(None)
-            else:
-                self._free += 1
-
-
 @dataclass
 class Engines:
     settings: Settings
     stt: SttEngines
     chat: OpenAICompatibleChat
     synthesizer: SpeechSynthesizer
-    tts_slots: PrioritySlots
+    tts_slots: EarliestFirst
     llm_slots: asyncio.Semaphore
 
 
@@ -165,12 +139,12 @@ async def inprocess_turn(
     async def hear(seq: int, frame: bytes) -> None:
         inbox.put_nowait((seq, frame))
 
-    async def speak(index: int, piece: str) -> None:
+    async def speak(index: int, piece: str, deadline: float) -> None:
         nonlocal first_chunk_at, audio_s
         chunks = speech_chunks(
             engines.synthesizer, piece, settings.tts_voice, settings.tts_chunk_ms
         )
-        async with engines.tts_slots.slot(tts_priority(index)):
+        async with engines.tts_slots.slot(tts_rank(index, deadline, time.time())):
             async for pcm, _ in chunks:
                 if index == 0 and first_chunk_at is None:
                     first_chunk_at = time.monotonic()
@@ -184,12 +158,14 @@ async def inprocess_turn(
         )
         spoken: list[asyncio.Task[None]] = []
         texts: list[str] = []
+        clock = ReplyClock(settings.tts_speed)
 
         def dispatch(new: list[str]) -> None:
             for piece in new:
                 if not spoken:
                     timing.first_piece_s = time.monotonic() - microphone.speech_end
-                spoken.append(asyncio.create_task(speak(len(spoken), piece)))
+                deadline = clock.deadline(piece)
+                spoken.append(asyncio.create_task(speak(len(spoken), piece, deadline)))
                 texts.append(piece)
 
         async with (
@@ -245,7 +221,7 @@ async def run_inprocess(
     chat = OpenAICompatibleChat(llm_url, settings.llm_model, settings.llm_api_key, 60.0)
     engines = Engines(
         settings, stt, chat, synthesizer,
-        PrioritySlots(settings.tts_concurrency), asyncio.Semaphore(settings.llm_concurrency),
+        EarliestFirst(settings.tts_concurrency), asyncio.Semaphore(settings.llm_concurrency),
     )  # fmt: skip
     try:
         return await run_rounds(

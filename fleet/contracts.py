@@ -189,7 +189,13 @@ class AssistantDelta:
 
 @dataclass(frozen=True, slots=True)
 class TtsRequest:
-    """One sentence (or first clause) of a reply; ``sentence`` is its index in the turn."""
+    """One sentence (or first clause) of a reply; ``sentence`` is its index in the turn.
+
+    ``deadline``: when the client will need the piece's audio, Unix time in seconds (the first
+    piece: when it was sent; a later one: when the audio before it will have played;
+    fleet/deadlines.py). TTS workers serve the earliest first; 0 = not known (a publisher from
+    before deadlines), served as due when received.
+    """
 
     KIND: ClassVar[str] = "tts.request"
     session_id: str
@@ -197,6 +203,7 @@ class TtsRequest:
     sentence: int
     text: str
     voice: str = ""
+    deadline: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -351,7 +351,20 @@ class Settings(BaseSettings):
     tts_voice: str = Field("af_heart", description="Default voice.")
     tts_lang: str = Field("en-us", description="Language code for phonemization.")
     tts_speed: float = Field(1.0, description="Speech rate.")
-    tts_concurrency: int = Field(2, description="Sentences one TTS worker synthesizes at once.")
+    tts_concurrency: int = Field(
+        2,
+        description="Sentences one TTS worker synthesizes at once. Above 1, one slot is kept "
+        "for first pieces: a first piece that comes during a later piece's synthesis starts at "
+        "once beside it, and later pieces never start beside a first piece (docs/benchmarks.md, "
+        '"One synthesis at a time or two").',
+    )
+    tts_prefetch: int = Field(
+        4,
+        ge=1,
+        description="Sentences one TTS worker holds from `tts.jobs` at once (at least "
+        "`VF_TTS_CONCURRENCY`); it synthesizes the held ones first pieces first, then earliest "
+        'deadline first (docs/architecture.md, "Deadlines").',
+    )
     tts_chunk_ms: int = Field(200, description="Size of one streamed audio chunk (ms).")
     tts_model: str = Field(
         "", description="Kokoro ONNX file; empty = the assembled one in models_dir."

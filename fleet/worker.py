@@ -10,16 +10,19 @@ import asyncio
 import contextlib
 import hashlib
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import ChannelInvalidStateError
 from redis.exceptions import RedisError
 
 from fleet import telemetry
 from fleet.contracts import ContractError, Message
+from fleet.deadlines import Closed, EarliestFirst, Rank
 from fleet.health import HealthState, serve_health
 from fleet.settings import Settings, get_settings
 from fleet.state import SessionStore, TurnWatch, connect_redis
@@ -51,6 +54,8 @@ class Runtime:
     consuming: asyncio.Event = field(default_factory=asyncio.Event)
     # The worker's own readiness checks (fleet/health.py): each returns why it is not ready.
     readiness_checks: list[Callable[[], list[str]]] = field(default_factory=list)
+    # The held jobs' line while serve_jobs runs with a rank (fleet/deadlines.py).
+    job_gate: EarliestFirst | None = None
     _active: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -61,18 +66,34 @@ class Runtime:
         handler: Callable[[M], Awaitable[None]],
         concurrency: int,
         gave_up: Callable[[M], Awaitable[None]],
+        *,
+        prefetch: int = 0,
+        rank: Callable[[M, float], Rank] | None = None,
     ) -> None:
         """Consume a work queue until SIGTERM, then finish what is in hand and return.
 
         ``gave_up`` is called for a job dead-lettered after ``VF_MAX_DELIVERIES`` failed
         attempts: it tells the session what is missing, so that its turn does not wait forever.
+
+        With ``rank`` (given the job and the Unix time it was received), the worker holds up to
+        ``prefetch`` deliveries and runs ``concurrency`` of them at once, the smallest rank first
+        (fleet/deadlines.py); on SIGTERM the held ones that have not started go back to the
+        queue at once, for another worker. Without it every delivery starts as it arrives.
         """
+        gate = EarliestFirst(concurrency) if rank is not None else None
+        self.job_gate = gate
 
         async def on_message(incoming: AbstractIncomingMessage) -> None:
             async with self.working():
-                await self.handle_job(route, incoming, expects, handler, gave_up)
+                await self.handle_job(route, incoming, expects, handler, gave_up, gate, rank)
 
-        await self.serve_queue(route, concurrency, on_message, self.drain)
+        async def drain() -> None:
+            if gate is not None:
+                gate.close()
+            await self.drain()
+
+        window = max(prefetch, concurrency) if rank is not None else concurrency
+        await self.serve_queue(route, window, on_message, drain)
 
     async def serve_queue(
         self,
@@ -150,10 +171,37 @@ class Runtime:
         expects: type[M],
         handler: Callable[[M], Awaitable[None]],
         gave_up: Callable[[M], Awaitable[None]],
+        gate: EarliestFirst | None = None,
+        rank: Callable[[M, float], Rank] | None = None,
     ) -> None:
         message = await self.accept(route, incoming, expects)
         if message is None:
             return
+        if gate is None or rank is None:
+            await self.attempt(route, incoming, message, handler, gave_up)
+            return
+        try:
+            async with gate.slot(rank(message, time.time())):
+                if delivery_void(incoming):
+                    # The connection was lost while it was held: the broker redelivers it.
+                    log.info("held_job_void", kind=incoming.type, session_id=message.session_id)
+                    return
+                await self.attempt(route, incoming, message, handler, gave_up)
+        except Closed:
+            # Held, never started, and the worker is draining: another worker takes it now.
+            log.info("held_job_handed_back", kind=incoming.type, session_id=message.session_id)
+            await settle(incoming.reject(requeue=True), "requeue held job")
+
+    async def attempt(
+        self,
+        route: Route,
+        incoming: AbstractIncomingMessage,
+        message: M,
+        handler: Callable[[M], Awaitable[None]],
+        gave_up: Callable[[M], Awaitable[None]],
+    ) -> None:
+        """One attempt at a job: counted, dead-lettered past ``VF_MAX_DELIVERIES``, acked when
+        done, handed back when it fails."""
         delivery_id = incoming.message_id or hashlib.sha256(incoming.body).hexdigest()
         try:
             deliveries = await self.store.count_delivery(delivery_id)
@@ -210,6 +258,15 @@ class Runtime:
             await settle(incoming.ack(), "ack, copied to the dead letters")
             return
         await settle(incoming.reject(requeue=False), "dead-letter")
+
+
+def delivery_void(incoming: AbstractIncomingMessage) -> bool:
+    """Whether the delivery's channel is gone (it can no longer be acked)."""
+    try:
+        incoming.channel  # noqa: B018 - the property raises once the channel is closed
+    except ChannelInvalidStateError:
+        return True
+    return False
 
 
 @contextlib.asynccontextmanager

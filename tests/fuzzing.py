@@ -335,6 +335,8 @@ def _field_values(name: str, stale: bool) -> st.SearchStrategy[Any]:
         return mostly(st.integers(max_value=-1) if stale else st.integers(-1, 3) | st.integers())
     if name in ("final", "reoffer", "last", "replayed", "interrupted"):
         return mostly(st.booleans())
+    if name == "deadline":
+        return mostly(st.floats() | st.integers())
     return mostly(st.text(max_size=300))
 
 
@@ -430,6 +432,8 @@ _by_type: dict[str, st.SearchStrategy[Any]] = {
     "bool": st.booleans(),
     "str": st.sampled_from(list(ErrorCode)).map(str) | st.text(max_size=60),
     "bytes": st.integers(0, 800).map(bytes) | st.binary(max_size=801),
+    # Deadlines: now-ish Unix times, and any other float (negative, huge, infinite, NaN).
+    "float": st.floats(min_value=1.7e9, max_value=2.1e9) | st.floats(),
 }
 _by_type["ErrorCode"] = _by_type["str"]  # any code, documented or not
 _by_type["int | None"] = st.none() | _by_type["int"]

@@ -51,7 +51,7 @@ SAMPLES: dict[str, Message] = {
         TranscriptFinal(SID, "hello world", upto_seq=41, logprob=-0.25),
         TurnRequest(SID, 3, "what's the weather?", voice="af_heart", language="en"),
         AssistantDelta(SID, 3, 0, "It is "),
-        TtsRequest(SID, 3, 1, "It is sunny.", voice="af_heart"),
+        TtsRequest(SID, 3, 1, "It is sunny.", voice="af_heart", deadline=1764500000.25),
         TurnDone(SID, 3, "It is sunny. Enjoy!", sentences=2),
         AudioOut(SID, 3, 1, 0, False, PCM, text="Ça va — très bien…"),
         TurnFailed(SID, 3, "llm", ErrorCode.LLM_FAILED, "the model server did not answer"),
@@ -105,6 +105,7 @@ def test_control_bodies_are_json_with_turn_copied_to_headers() -> None:
         "sentence": 1,
         "text": "It is sunny.",
         "voice": "af_heart",
+        "deadline": 1764500000.25,
     }
     assert envelope.headers == {"turn": 3, "sentence": 1}
 

@@ -11,6 +11,7 @@ import structlog
 
 from fleet import telemetry
 from fleet.contracts import AssistantDelta, TtsRequest, TurnDone, TurnFailed, TurnRequest
+from fleet.deadlines import ReplyClock
 from fleet.errors import ErrorCode
 from fleet.settings import Settings
 from fleet.topology import Route
@@ -70,13 +71,21 @@ class LlmBridge:
         started = time.perf_counter()
         spoken: list[str] = []
         deltas_sent = 0
+        clock = ReplyClock(self.settings.tts_speed)
 
         async def speak(pieces: list[str]) -> None:
             for piece in pieces:
                 if not spoken:
                     telemetry.LLM_FIRST_SENTENCE.observe(time.perf_counter() - started)
                 await bus.publish(
-                    TtsRequest(request.session_id, request.turn, len(spoken), piece, request.voice)
+                    TtsRequest(
+                        request.session_id,
+                        request.turn,
+                        len(spoken),
+                        piece,
+                        request.voice,
+                        deadline=clock.deadline(piece),
+                    )
                 )
                 spoken.append(piece)
 

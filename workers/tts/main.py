@@ -10,6 +10,7 @@ import structlog
 
 from fleet import telemetry
 from fleet.contracts import AudioOut, TtsRequest, TurnFailed
+from fleet.deadlines import Rank, tts_rank
 from fleet.errors import ErrorCode
 from fleet.state import TtsOffers
 from fleet.topology import Route
@@ -35,7 +36,10 @@ class TtsWorker:
             telemetry.STALE_SKIPPED.labels("tts").inc()
             return
         superseded = turns.superseded(request.session_id, request.turn)
-        log.info("sentence_started", sentence=request.sentence)
+        # How late synthesis starts against the piece's deadline (a first piece: the time since it
+        # was sent, queueing included); negative = early.
+        late_s = round(time.time() - request.deadline, 3) if request.deadline > 0 else None
+        log.info("sentence_started", sentence=request.sentence, late_s=late_s)
         started = time.perf_counter()
         chunk = 0
         voice = request.voice or self.settings.tts_voice
@@ -84,6 +88,11 @@ class TtsWorker:
 
     async def gave_up(self, request: TtsRequest) -> None:
         await self.give_up(request, f"sentence {request.sentence} failed on every attempt")
+
+
+def piece_rank(request: TtsRequest, received: float) -> Rank:
+    """Held pieces are served first pieces first, then earliest deadline (fleet/deadlines.py)."""
+    return tts_rank(request.sentence, request.deadline, received)
 
 
 # Spoken once at start, before the worker takes jobs.
@@ -182,6 +191,8 @@ def run() -> None:
                 worker.handle,
                 runtime.settings.tts_concurrency,
                 gave_up=worker.gave_up,
+                prefetch=runtime.settings.tts_prefetch,
+                rank=piece_rank,
             )
         finally:
             if probing is not None:
