@@ -35,6 +35,8 @@ from typing import TypeVar
 
 import aio_pika
 
+from tests.fleet_processes import ARTIFACTS
+
 RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 # Not /usr/sbin/rabbitmqctl: that wrapper runs as the rabbitmq user, with its home's cookie.
 RABBITMQCTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
@@ -335,4 +337,11 @@ def private_rabbitmq_cluster(size: int = 3) -> Iterator[PrivateRabbitMQCluster]:
     finally:
         for node in nodes:
             node.kill()
+        # The brokers' own logs outlive the cluster: what a queue did while a node was lost
+        # (leader elections, refused publishes) is only told there.
+        kept = ARTIFACTS / "rabbitmq-cluster"
+        shutil.rmtree(kept, ignore_errors=True)
+        for index, node in enumerate(nodes):
+            if (node.base / "log").is_dir():
+                shutil.copytree(node.base / "log", kept / f"node{index}", dirs_exist_ok=True)
         shutil.rmtree(base, ignore_errors=True)

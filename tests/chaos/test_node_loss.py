@@ -140,6 +140,8 @@ async def test_losing_the_node_that_leads_the_work_queues_loses_no_turn(
         last_turn_s = time.monotonic() - lost_at
         outcomes = [outcome(c, m) for c, m in zip(clients, marks, strict=True)]
         failed = sum(result != "completed" for result in outcomes)
+        # Shown in full if the test fails (an assertion message is cut short).
+        print(f"{names.tts_jobs} on the surviving nodes:\n{_queue_events(cluster, names.tts_jobs)}")
         assert failed == 0, (outcomes, fleet.logs())
 
         # The workers reconnected, to the survivors.
@@ -165,6 +167,18 @@ async def test_losing_the_node_that_leads_the_work_queues_loses_no_turn(
     finally:
         for client in clients:
             await client.close()
+
+
+def _queue_events(cluster: PrivateRabbitMQCluster, queue: str) -> str:
+    """What the surviving nodes logged about ``queue`` (its leader elections, refusals)."""
+    lines = [
+        f"{node.node}: {line}"
+        for node in cluster.running()
+        for log in sorted((node.base / "log").glob("*.log"))
+        for line in log.read_text(errors="replace").splitlines()
+        if f"'{queue}'" in line
+    ]
+    return "\n".join(lines[-40:])
 
 
 def _restored_after(fleet: Fleet, worker: str, lost_wall: float) -> float:
