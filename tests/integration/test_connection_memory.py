@@ -45,21 +45,25 @@ def stt_worker(settings: Settings) -> Iterator[FleetProcess]:
 
 
 @pytest.fixture
-async def gateway_url(settings: Settings) -> AsyncIterator[str]:
-    port = free_port()
+async def gateway(settings: Settings) -> AsyncIterator[uvicorn.Server]:
     config = uvicorn.Config(
-        create_app(settings, "gw-memory"), host="127.0.0.1", port=port, log_config=None
+        create_app(settings, "gw-memory"), host="127.0.0.1", port=free_port(), log_config=None
     )
     server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    async with asyncio.timeout(30):
-        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
-            await asyncio.sleep(0.05)
+    # Listening before the server starts: a client connects at once, and is answered once the
+    # gateway is up.
+    listener = config.bind_socket()
+    listener.listen()
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
     try:
-        yield f"ws://127.0.0.1:{port}/ws/audio"
+        yield server
     finally:
         server.should_exit = True
         await serving
+
+
+def url_of(gateway: uvicorn.Server) -> str:
+    return f"ws://127.0.0.1:{gateway.config.port}/ws/audio"
 
 
 def live(kind: type) -> int:
@@ -93,19 +97,20 @@ async def connection_with_audio(url: str, ending: str) -> None:
 
 @pytest.mark.parametrize("ending", ["frame_too_big", "stop", "dropped"])
 async def test_an_ended_connection_frees_its_audio_at_once(
-    stt_worker: FleetProcess, gateway_url: str, ending: str
+    stt_worker: FleetProcess, gateway: uvicorn.Server, ending: str
 ) -> None:
     gc.collect()
     gc.disable()
     try:
         for _ in range(CONNECTIONS):
-            await connection_with_audio(gateway_url, ending)
-        # The server side ends a moment after the client sees the close.
-        async with asyncio.timeout(10):
-            while live(ClientConnection) or live(Uplink):  # noqa: ASYNC110 - polls the heap
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pytest.fail(
+            await connection_with_audio(url_of(gateway), ending)
+        # The server side ends a moment after the client sees the close: its handlers finish.
+        handlers = set(gateway.server_state.tasks)
+        if handlers:
+            _, running = await asyncio.wait(handlers, timeout=10)
+            assert not running, "connection handlers still running after their clients left"
+        del handlers
+        assert (live(ClientConnection), live(Uplink)) == (0, 0), (
             f"{live(ClientConnection)} ended connections and {live(Uplink)} uplinks with their "
             "audio are still in memory: only the cycle collector would free them"
         )
