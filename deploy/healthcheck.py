@@ -2,7 +2,8 @@
 
 Finds which role this container runs from the process table, then asks that role's own endpoint:
 the gateway's /healthz, a worker's /readyz (VF_HEALTH_PORT, fleet/health.py: broker, Redis,
-models loaded and consuming; 503 while draining), the llama.cpp server's /v1/models.
+models loaded and consuming; 503 while draining), llama-server's /health (200 once the model is
+loaded).
 Exit 0 healthy, 1 not. Standard library only.
 """
 
@@ -29,10 +30,10 @@ def _commands() -> list[list[str]]:
 
 
 def _probe_url(argv: list[str]) -> str | None:
-    if "llama_cpp.server" in argv:
-        port = argv[argv.index("--port") + 1] if "--port" in argv else "8081"
-        return f"http://127.0.0.1:{port}/v1/models"
     names = [os.path.basename(part) for part in argv]
+    if names[:1] == ["llama-server"]:
+        port = argv[argv.index("--port") + 1] if "--port" in argv else "8081"
+        return f"http://127.0.0.1:{port}/health"
     if "voicefleet" not in names:
         return None
     role = argv[names.index("voicefleet") + 1 :]

@@ -343,6 +343,15 @@ class Settings(BaseSettings):
     )
     llm_timeout_s: float = Field(60.0, description="Timeout of one chat request (s).")
 
+    # --- local chat server (`voicefleet llm-server`) ----------------------------------------------
+    llm_server_slots: int = Field(
+        4,
+        ge=1,
+        description="Replies the local chat server (llama-server) generates at once, batched; "
+        "more requests wait for a free slot. Each slot holds 2048 tokens of context.",
+    )
+    llm_server_threads: int = Field(2, ge=1, description="CPU threads of the local chat server.")
+
     # --- TTS worker ----------------------------------------------------------------------------
     tts_provider: Literal["kokoro", "piper"] = Field(
         "kokoro",

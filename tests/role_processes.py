@@ -102,13 +102,14 @@ async def printed(process: FleetProcess, text: str, *, patience: float, since: i
 
 
 @contextmanager
-def local_chat_server() -> Iterator[tuple[FleetProcess, str]]:
-    """`voicefleet llm-server` (llama.cpp, the assembled model), and its base URL once serving."""
+def local_chat_server(**env: str) -> Iterator[tuple[FleetProcess, str]]:
+    """`voicefleet llm-server` (llama.cpp, the assembled model) with VF_* ``env``, and its base
+    URL once serving."""
     place = Settings(namespace=f"t{uuid.uuid4().hex[:10]}")
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     with role_processes(place) as started:
-        server = start_role(started, place, "llm-server", "llm-server", "--port", str(port))
+        server = start_role(started, place, "llm-server", "llm-server", "--port", str(port), **env)
         wait_answering(server, f"{url}/models", CHAT_SERVER_START_S)
         yield server, url
 

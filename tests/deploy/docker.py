@@ -7,9 +7,9 @@ Nothing here reaches an image registry or a package index from inside a build:
   traffic stays on 127.0.0.1;
 - the base image is Debian bookworm with Python 3.11 built by ``debootstrap`` and imported with
   ``docker import``, its root file system cached as a tarball under ~/.cache/voicefleet/docker;
-- the wheels of every dependency are built on the host (``pip wheel``, the llama-cpp-python wheel
-  from bootstrap's cache) and the assembled models are linked into ``deploy/context``, so the
-  build installs with ``PIP_NO_INDEX=1`` and only verifies the models.
+- the wheels of every dependency are built on the host (``pip wheel``), and they, the assembled
+  models and bootstrap's ``llama-server`` are linked into ``deploy/context``, so the build
+  installs with ``PIP_NO_INDEX=1``, compiles nothing and only verifies the models.
 
 scripts/bootstrap.sh --with-test-tools installs docker.io and debootstrap.
 """
@@ -32,6 +32,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from fleet.settings import Settings
+from voicefleet.llm_server import server_binary
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "voicefleet"
@@ -130,16 +131,23 @@ def _link_tree(source: Path, dest: Path) -> None:
                 shutil.copy2(path, target)
 
 
-def _llama_wheels() -> Path:
-    found = sorted((CACHE / "wheels").glob("llama-cpp-python-*/llama_cpp_python-*.whl"))
-    if not found:
-        raise DockerError("no llama-cpp-python wheel in ~/.cache/voicefleet/wheels: run bootstrap")
-    return found[-1].parent
+def _link_llama_server(dest: Path) -> None:
+    binary = server_binary()
+    if binary is None:
+        raise DockerError("no llama-server beside the venv's Python: run scripts/bootstrap.sh")
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / "llama-server"
+    target.unlink(missing_ok=True)
+    try:
+        os.link(binary, target)
+    except OSError:
+        shutil.copy2(binary, target)
 
 
 def _requirements() -> list[str]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return [*project["dependencies"], *project["optional-dependencies"]["llm-server"]]
+    dependencies: list[str] = project["dependencies"]
+    return dependencies
 
 
 def image_only_requirements(wheels: Path, python_version: str) -> list[str]:
@@ -177,8 +185,8 @@ def prepare_context(base_image: str) -> None:
     wanted = hashlib.sha256(recipe).hexdigest()
     if not stamp.is_file() or stamp.read_text() != wanted:
         pip = [sys.executable, "-m", "pip"]
-        links = ["--find-links", str(_llama_wheels()), "--find-links", str(wheels)]
-        run(*pip, "wheel", "-q", *links, "-w", str(wheels), f"{REPO}[llm-server]")
+        links = ["--find-links", str(wheels)]
+        run(*pip, "wheel", "-q", *links, "-w", str(wheels), str(REPO))
         run(*pip, "download", "-q", "--only-binary=:all:", *links,
             "-d", str(wheels), *_requirements(), "setuptools>=69")  # fmt: skip
         # The image's Python may need wheels the host's does not (environment markers such as
@@ -198,6 +206,7 @@ def prepare_context(base_image: str) -> None:
         stamp.write_text(wanted)
     _link_tree(wheels, CONTEXT / "wheels")
     _link_tree(Settings().models_dir, CONTEXT / "models")
+    _link_llama_server(CONTEXT / "llama-server")
 
 
 @dataclass(frozen=True)

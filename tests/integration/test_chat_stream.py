@@ -1,24 +1,19 @@
-"""OpenAICompatibleChat against a real llama.cpp server that this module starts and stops."""
+"""OpenAICompatibleChat against the real local chat server (`voicefleet llm-server`, llama.cpp),
+which this module starts and stops."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 
-import httpx
 import pytest
 
-from fleet.model_paths import model_paths
-from fleet.settings import Settings
+from tests.role_processes import local_chat_server
 from workers.llm_bridge.chat import ChatError, OpenAICompatibleChat
 
-SERVER_START_TIMEOUT_S = 60.0
 PACE_PIECES = 20  # pieces of a long reply read to learn how fast this server generates
 SYSTEM = {"role": "system", "content": "You are a friendly voice assistant."}
 
@@ -31,53 +26,17 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def llm_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.fail("llama-cpp-python is not installed (pip install 'voicefleet[llm-server]')")
-    gguf = model_paths(Settings()).chat_gguf
-    if not gguf.is_file():
-        pytest.fail(f"chat model missing at {gguf}; run `voicefleet models` first")
-    port = _free_port()
-    # A file, not a pipe: the model loader logs more than a pipe buffer holds, and nobody
-    # reads the pipe while we wait, so the server would block on its own log.
-    log_path = tmp_path_factory.mktemp("llama") / "server.log"
-    log = log_path.open("wb")
-    # --interrupt_requests False: by default the server cuts the stream it is generating as
-    # soon as another request waits, which would make the back-to-back requests below flaky.
-    server = subprocess.Popen(
-        [
-            sys.executable, "-m", "llama_cpp.server",
-            "--model", str(gguf), "--model_alias", "smollm2",
-            "--host", "127.0.0.1", "--port", str(port),
-            "--n_ctx", "2048", "--n_threads", "2", "--interrupt_requests", "False",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if server.poll() is not None:
-                tail = log_path.read_text(errors="replace")[-2000:]
-                pytest.fail(f"llama.cpp server exited with {server.returncode}: {tail}")
-            try:
-                if httpx.get(f"{url}/models", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama.cpp server not ready after {SERVER_START_TIMEOUT_S} s")
-            time.sleep(0.2)
+def llm_url() -> Iterator[str]:
+    """The local chat server as deployed: several slots, generating replies together."""
+    with local_chat_server() as (_, url):
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+
+
+@pytest.fixture(scope="module")
+def one_slot_llm_url() -> Iterator[str]:
+    """The local chat server with one slot: it generates one reply at a time."""
+    with local_chat_server(VF_LLM_SERVER_SLOTS="1") as (_, url):
+        yield url
 
 
 @pytest.fixture
@@ -102,29 +61,57 @@ async def test_stream_yields_deltas_of_a_reply(chat: OpenAICompatibleChat) -> No
     assert first_token[0] > 0.0
 
 
-async def test_closing_early_frees_the_server(chat: OpenAICompatibleChat) -> None:
+COUNTING = [{"role": "user", "content": "Count from 1 to 500, separated by commas."}]
+HELLO = [SYSTEM, {"role": "user", "content": "Say hello."}]
+
+
+async def _pace(stream: AsyncIterator[str]) -> float:
+    """Seconds per piece over the first pieces of ``stream`` (this server's own pace, so the
+    comparisons below are with it, not with a fixed time)."""
+    read = 0
+    async for _ in stream:
+        if read == 0:
+            first_at = time.perf_counter()
+        read += 1
+        if read == PACE_PIECES:
+            break
+    return (time.perf_counter() - first_at) / (PACE_PIECES - 1)
+
+
+async def _answer_s(chat: OpenAICompatibleChat) -> float:
+    started = time.perf_counter()
+    async with aclosing(chat.stream(HELLO, max_tokens=5, temperature=0.0)) as stream:
+        assert [delta async for delta in stream]
+    return time.perf_counter() - started
+
+
+async def test_closing_early_frees_the_server(one_slot_llm_url: str) -> None:
     # Uninterrupted, this reply runs for a thousand tokens. The server generates one reply at a
     # time, so the next request is answered before the rest of this one could have been
-    # generated only if closing the stream really stopped it. The comparison is with this
-    # server's own pace, measured on the first pieces, not with a fixed time.
-    counting = [{"role": "user", "content": "Count from 1 to 500, separated by commas."}]
-    read = 0
-    async with aclosing(chat.stream(counting, max_tokens=1000, temperature=0.0)) as stream:
-        async for _ in stream:
-            if read == 0:
-                first_at = time.perf_counter()
-            read += 1
-            if read == PACE_PIECES:
-                break
-    seconds_per_piece = (time.perf_counter() - first_at) / (PACE_PIECES - 1)
+    # generated only if closing the stream really stopped it.
+    async with OpenAICompatibleChat(one_slot_llm_url, "smollm2", "none", timeout=30.0) as chat:
+        async with aclosing(chat.stream(COUNTING, max_tokens=1000, temperature=0.0)) as stream:
+            seconds_per_piece = await _pace(stream)
+        answered_s = await _answer_s(chat)
     rest_of_it_s = (1000 - PACE_PIECES) * seconds_per_piece
-
-    started = time.perf_counter()
-    hello = [SYSTEM, {"role": "user", "content": "Say hello."}]
-    async with aclosing(chat.stream(hello, max_tokens=5, temperature=0.0)) as stream:
-        assert [delta async for delta in stream]
-    answered_s = time.perf_counter() - started
     assert answered_s < rest_of_it_s / 4, (answered_s, rest_of_it_s)
+
+
+async def test_a_reply_does_not_wait_for_another_users_long_reply(
+    chat: OpenAICompatibleChat,
+) -> None:
+    # The long reply stays open and generating while a second user asks: a server that answers
+    # one request at a time would answer only after the rest of the long one.
+    async with aclosing(chat.stream(COUNTING, max_tokens=1000, temperature=0.0)) as stream:
+        seconds_per_piece = await _pace(stream)
+        answered_s = await _answer_s(chat)
+        rest_of_it_s = (1000 - PACE_PIECES) * seconds_per_piece
+        assert answered_s < rest_of_it_s / 4, (answered_s, rest_of_it_s)
+
+
+def test_threads_setting_is_the_servers_thread_count() -> None:
+    with local_chat_server(VF_LLM_SERVER_THREADS="1") as (server, _):
+        assert "threadpool init, n_threads = 1" in server.log_path.read_text(errors="replace")
 
 
 async def test_unreachable_server_raises_chat_error_without_waiting_out_the_timeout() -> None:
@@ -139,9 +126,8 @@ async def test_unreachable_server_raises_chat_error_without_waiting_out_the_time
 
 
 async def test_http_error_carries_the_status(chat: OpenAICompatibleChat) -> None:
-    with pytest.raises(ChatError, match="HTTP 500") as caught:
-        async for _ in chat.stream(
-            [{"role": "developer", "content": "hi"}], max_tokens=5, temperature=0.0
-        ):
+    # A user message without content is a bad request.
+    with pytest.raises(ChatError, match="HTTP 400") as caught:
+        async for _ in chat.stream([{"role": "user"}], max_tokens=5, temperature=0.0):
             pass
-    assert caught.value.status == 500
+    assert caught.value.status == 400

@@ -33,7 +33,8 @@ CLAUSE_MARKS = ",;:—"
 
 @pytest.fixture(scope="module")
 def chat_server() -> Iterator[tuple[FleetProcess, str]]:
-    with local_chat_server() as running:
+    # One slot: a server that generates one reply at a time can be made busy by one request.
+    with local_chat_server(VF_LLM_SERVER_SLOTS="1") as running:
         yield running
 
 
@@ -130,8 +131,8 @@ async def test_timeout_setting_bounds_the_wait_for_a_busy_chat_server(
     _, url = chat_server
     story = [{"role": "system", "content": STORYTELLER}, {"role": "user", "content": STORY}]
     hello = [{"role": "user", "content": "Say hello."}]
-    # The server generates one reply at a time (`--interrupt_requests False`): while it tells a
-    # long story, a second request gets nothing at all until the story is over.
+    # The server has one slot: while it tells a long story, a second request gets nothing at
+    # all until the story is over.
     patient = chat_model(Settings(llm_url=url, llm_timeout_s=600.0))
     hasty = chat_model(Settings(llm_url=url, llm_timeout_s=1.0))
     try:

@@ -207,7 +207,7 @@ def multihost() -> Iterator[MultiHostFleet]:
         lab.start_rabbitmq(LOG_DIR)
         lab.start_redis(LOG_DIR)
         # `voicefleet llm-server` binds 127.0.0.1 only; on its own box it must take remote calls.
-        llm_argv = server_argv(str(model_paths(settings).chat_gguf), LLM_PORT, "0.0.0.0")
+        llm_argv = server_argv(LLM_PORT, "0.0.0.0", settings)
         lab.start("llm-server", "broker", env, command=llm_argv, log_dir=LOG_DIR)
         _wait("RabbitMQ", lambda: _amqp_up(amqp, broker), fleet, timeout=60)
 
