@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 
+import httpx
 import pytest
 
 from tests.role_processes import local_chat_server
@@ -107,6 +108,14 @@ async def test_a_reply_does_not_wait_for_another_users_long_reply(
         answered_s = await _answer_s(chat)
         rest_of_it_s = (1000 - PACE_PIECES) * seconds_per_piece
         assert answered_s < rest_of_it_s / 4, (answered_s, rest_of_it_s)
+
+
+def test_chat_server_shows_no_conversations_in_flight_and_no_page(llm_url: str) -> None:
+    root = llm_url.removesuffix("/v1")
+    # /slots would list every slot's prompt: other users' conversations.
+    assert httpx.get(f"{root}/slots", timeout=5).status_code == 501
+    assert httpx.get(f"{root}/", timeout=5).status_code == 404
+    assert httpx.get(f"{llm_url}/models", timeout=5).status_code == 200
 
 
 def test_threads_setting_is_the_servers_thread_count() -> None:
