@@ -472,3 +472,22 @@ async def test_a_partial_decode_that_runs_away_in_a_loop_is_cut_short(
     assert _words(heard.text).split() == ["cool"], heard
     seconds = partial.size / RATE
     assert counting.written and max(counting.written) <= 8 + 12 * seconds + 1, counting.written
+
+
+async def test_the_start_of_speech_says_how_much_of_it_the_voice_detector_had_heard(
+    real_engines: SttEngines,
+) -> None:
+    """The gateway counts the time for a decision on a paused reply from when the speech began:
+    the start says how long before it that was, in the audio (at least the detector's run of
+    voiced chunks)."""
+    transcriber = StreamingTranscriber(real_engines, get_settings(), "en")
+    lead = silence(1.0)
+    events = await _run(transcriber, frames(lead, speech("Wait.", "af_heart"), silence(1.5)))
+    starts = [(seq, e) for seq, e in events if isinstance(e, StartSpeech)]
+    assert len(starts) == 1
+    seq, start = starts[0]
+    chunk = real_engines.vad.chunk_samples
+    assert start.voiced >= 3 * chunk, start
+    # It began no earlier than the speech itself, and within the frames fed so far.
+    detected_by = (seq + 1) * FRAME_BYTES // 2
+    assert lead.size <= detected_by - start.voiced + chunk, (start, detected_by)

@@ -18,6 +18,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from redis.exceptions import RedisError
 
 from fleet import telemetry
+from fleet.audio import INPUT_SAMPLE_RATE
 from fleet.contracts import (
     AudioChunk,
     Message,
@@ -267,7 +268,7 @@ class SttWorker:
         bus = self.runtime.bus
         for event in events:
             if isinstance(event, StartSpeech):
-                await bus.publish(SpeechStarted(session_id))
+                await bus.publish(SpeechStarted(session_id, event.voiced / INPUT_SAMPLE_RATE))
             elif isinstance(event, PartialTranscript):
                 await bus.publish(TranscriptPartial(session_id, event.text, event.logprob))
             elif isinstance(event, FinalTranscript):
