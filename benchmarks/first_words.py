@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import statistics
 import time
@@ -101,17 +100,21 @@ async def time_cue(
                 timing.emitted = now - onset
                 timing.text, timing.logprob = event.text, event.logprob
 
+    async def take_partials() -> None:
+        # As the STT worker does: each partial is taken as soon as it is ready, even while a
+        # frame's feed waits on the turn detector or the final's decode.
+        while True:
+            await ready.wait()
+            ready.clear()
+            note(transcriber.take_partial())
+
+    taker = asyncio.create_task(take_partials())
     for seq, chunk in enumerate(chunks):
-        # Sent at the start of its 100 ms, as benchmarks/backchannels.py's client does; a
-        # partial decoded meanwhile is taken as soon as it is ready, as the STT worker does.
-        while (wait := t0 + seq * FRAME_S - time.monotonic()) > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await ready.wait()
-                ready.clear()
-                note(transcriber.take_partial())
+        # Sent at the start of its 100 ms, as benchmarks/backchannels.py's client does.
+        await asyncio.sleep(max(0.0, t0 + seq * FRAME_S - time.monotonic()))
         note(await transcriber.feed(seq, chunk))
-    await transcriber.flush()
+    note(await transcriber.flush())
+    taker.cancel()
     partials = [d for d in timed.decodes if d.beam == 1]
     if partials:
         timing.decode_started = partials[0].started - onset
