@@ -240,7 +240,7 @@ class Settings(BaseSettings):
     )
 
     barge_in_decision_s: float = Field(
-        0.6,
+        0.45,
         gt=0,
         description="When the user speaks over a reply, playback pauses at once (`audio_pause`); "
         "this long after the speech began (as the voice detector places it, some 0.1 s before it "
