@@ -26,12 +26,14 @@ Run (heavy; a whole fleet): flock /tmp/vf/heavy.lock python -m benchmarks.backch
     [--cues SUBSTRING ...] (only the cues whose label has one of them, e.g. ``--cues Hmm Wait``;
     ``ack``, ``wordless`` or ``int`` pick a kind) [--every N] (every Nth cue, a quick sample)
     [--env NAME=VALUE ...] (more settings for the fleet, e.g. ``VF_STT_FIRST_PARTIAL_S=0.2``)
+    [--csv PATH] (one row per cue, e.g. in benchmarks/results/)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import statistics
 import time
 from collections.abc import Awaitable
@@ -239,6 +241,39 @@ def spread(values: list[float]) -> str:
     )
 
 
+def write_csv(trials: list[Trial], path: str) -> None:
+    """One row per cue; times in ms from the cue's onset, empty where the event did not come."""
+    with open(path, "w", newline="") as out:
+        rows = csv.writer(out)
+        rows.writerow(
+            [
+                "cue",
+                "interrupts",
+                "outcome",
+                "speech_started_ms",
+                "pause_ms",
+                "first_words_ms",
+                "decision_ms",
+                "settled_ms",
+                "cancel_ms",
+                "resume_ms",
+                "heard",
+            ]
+        )
+        for t in trials:
+            outcome = "cancelled" if t.cancelled else ("resumed" if t.resumed else "none")
+            times = (t.speech_started, t.paused, t.words, t.decided, t.settled, t.cancelled)
+            rows.writerow(
+                [
+                    t.cue.label,
+                    int(t.cue.interrupts),
+                    outcome,
+                    *("" if when is None else ms(when, t.onset) for when in (*times, t.resumed)),
+                    t.heard,
+                ]
+            )
+
+
 def report(trials: list[Trial]) -> None:
     print(
         f"{'cue':44} {'kind':5} {'outcome':9} {'vad':>5} {'v>pause':>7} {'pause':>6} "
@@ -303,6 +338,7 @@ def main() -> None:
     parser.add_argument("--cues", nargs="*", default=[])
     parser.add_argument("--every", type=int, default=1)
     parser.add_argument("--env", nargs="*", default=[])
+    parser.add_argument("--csv", default="", help="also write one row per cue to this file")
     args = parser.parse_args()
     made = chosen(cues(), args.cues) if args.cues else cues()
     made = made[:: args.every] * args.repeat
@@ -319,6 +355,8 @@ def main() -> None:
         )
         trials = asyncio.run(run_trials(fleet, made))
     report(trials)
+    if args.csv:
+        write_csv(trials, args.csv)
 
 
 if __name__ == "__main__":

@@ -136,8 +136,12 @@ class SessionTakenOver:
 
 @dataclass(frozen=True, slots=True)
 class SpeechStarted:
+    """``spoken_s``: how long the user had been speaking when the voice detector was sure of it
+    (seconds of their audio): the speech began that long before this was sent."""
+
     KIND: ClassVar[str] = "speech.started"
     session_id: str
+    spoken_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

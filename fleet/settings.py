@@ -240,10 +240,11 @@ class Settings(BaseSettings):
     )
 
     barge_in_decision_s: float = Field(
-        0.6,
+        0.45,
         gt=0,
         description="When the user speaks over a reply, playback pauses at once (`audio_pause`); "
-        "this long after, words that are all acknowledgements, or may still become one "
+        "this long after the speech began (as the voice detector places it, some 0.1 s before it "
+        "is sure of it), words that are all acknowledgements, or may still become one "
         '("yeah, but"), or none resume it (`audio_resume`) without waiting for the end of the '
         "user's turn (s). Words that are not an acknowledgement cancel the reply whenever they "
         "come, after a resume too.",

@@ -473,8 +473,8 @@ class ClientConnection:
                     )
             case SessionTakenOver(stream_id=stream) if stream != self.stream_id:
                 raise _taken_over()
-            case SpeechStarted():
-                await self._execute(session, turns.speech_started(now), now)
+            case SpeechStarted(spoken_s=spoken):
+                await self._execute(session, turns.speech_started(now, spoken), now)
             case DecisionDue(paused_at=paused_at):
                 await self._execute(session, turns.decision_due(paused_at, now), now)
             case TranscriptPartial(text=text, logprob=logprob):

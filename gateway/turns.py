@@ -88,7 +88,8 @@ class FirstAudio:
 
 @dataclass(frozen=True, slots=True)
 class ExpectDecision:
-    """Call :meth:`TurnMachine.decision_due` with ``paused_at`` once ``within_s`` have passed."""
+    """Call :meth:`TurnMachine.decision_due` with ``paused_at`` once ``within_s`` have passed
+    (``paused_at`` names the pause: when the speech that caused it began)."""
 
     paused_at: float
     within_s: float
@@ -142,7 +143,7 @@ class _Turn:
 class _Listening:
     """The user speaks over the playing reply; what they say decides what becomes of it."""
 
-    since: float
+    since: float  # when the speech began
     heard: str = ""
     paused: bool = True
     logprob: float = 0.0  # how sure the recognizer is of ``heard``
@@ -160,7 +161,9 @@ class TurnMachine:
 
     # --- the user ------------------------------------------------------------------------------
 
-    def speech_started(self, now: float) -> list[Command]:
+    def speech_started(self, now: float, spoken_s: float = 0.0) -> list[Command]:
+        """``spoken_s``: how long the user had spoken when the voice detector was sure of it.
+        The decision is due ``decide_within_s`` after the speech began, not after this."""
         turn = self._turn
         if turn is None or not turn.still_playing(now):
             return []
@@ -169,7 +172,7 @@ class TurnMachine:
             return self._barge_in(now)
         if self._listening is not None and self._listening.paused:
             return []
-        return self._pause(turn, now)
+        return self._pause(turn, now, began=now - spoken_s)
 
     def partial_transcript(self, text: str, now: float, logprob: float = 0.0) -> list[Command]:
         # A decision precedes the transcript that caused it.
@@ -282,11 +285,18 @@ class TurnMachine:
         return self._turn
 
     def _pause(
-        self, turn: _Turn, now: float, heard: str = "", logprob: float = 0.0
+        self,
+        turn: _Turn,
+        now: float,
+        heard: str = "",
+        logprob: float = 0.0,
+        began: float | None = None,
     ) -> list[Command]:
-        self._listening = _Listening(now, heard, logprob=logprob)
+        since = now if began is None else min(began, now)
+        self._listening = _Listening(since, heard, logprob=logprob)
         turn.paused_at = now
-        return [AudioPause(turn.number), ExpectDecision(now, self._backchannels.decide_within_s)]
+        within = max(0.0, self._backchannels.decide_within_s - (now - since))
+        return [AudioPause(turn.number), ExpectDecision(since, within)]
 
     def _hear(self, text: str, now: float, *, final: bool, logprob: float) -> list[Command]:
         """Words (or none) of the user's speech: over a playing reply they decide its fate."""

@@ -15,13 +15,24 @@ from collections.abc import AsyncIterator, Iterator
 import aio_pika
 import pytest
 
-from fleet.contracts import SessionAssigned, SessionClose, SessionOpen, SessionReleased
+from fleet.audio import split_frames
+from fleet.contracts import (
+    AudioChunk,
+    ReplayDone,
+    SessionAssigned,
+    SessionClose,
+    SessionOpen,
+    SessionReleased,
+    SpeechStarted,
+    TranscriptPartial,
+)
 from fleet.settings import Settings
 from fleet.state import SessionStore
 from fleet.topology import Bus, Route
 from tests.event_tap import EventTap
 from tests.fleet_processes import FleetProcess
 from tests.role_processes import logged, role_processes, start_role
+from tests.speech import FRAME_BYTES, pcm, silence, speech, spoken_words
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -152,3 +163,26 @@ async def test_lease_queue_is_the_work_queue_of_the_topology(bus: Bus) -> None:
         await incoming.reject(requeue=True)
     finally:
         await channel.close()
+
+
+async def test_a_held_streams_partial_is_published_with_no_frame_after_it(
+    settings: Settings, bus: Bus, store: SessionStore, tap: EventTap, workers: list[FleetProcess]
+) -> None:
+    """The first words of speech over a playing reply decide what becomes of it: the worker
+    publishes a partial as soon as it is decoded, not when the stream's next frame comes (nor
+    after a frame whose turn check or final it is busy with)."""
+    start_stt(workers, settings, "stt-partials", sessions=1)
+    lease = await open_session(bus, store, tap)
+    await holder(tap, lease)
+    await bus.publish(ReplayDone(lease.session_id, lease.stream_id), mandatory=True)
+    # A second of a longer request, then no frame more reaches the worker (the user goes on
+    # speaking). The first partial is asked for 0.3 s into the speech.
+    said = speech("Could you please tell me what the weather will be like in Paris tomorrow?")
+    audio = pcm(silence(0.3), said[: said.size // 4])
+    for seq, frame in enumerate(split_frames(audio, FRAME_BYTES)):
+        await bus.publish(AudioChunk(lease.session_id, lease.stream_id, seq, frame))
+    await tap.wait_for(SpeechStarted, lambda m: m.session_id == lease.session_id, timeout=60)
+    partial = await tap.wait_for(
+        TranscriptPartial, lambda m: m.session_id == lease.session_id, timeout=60
+    )
+    assert spoken_words(partial.text)[:1] == ["could"], partial

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,7 @@ from workers.stt.transcriber import (
     SttEngines,
     SttEvent,
 )
+from workers.stt.whisper import WhisperRecognizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -384,3 +386,108 @@ async def test_transcripts_carry_how_sure_the_recognizer_was(real_engines: SttEn
     assert -0.5 < final.logprob < 0, final
     partials = [e for _, e in events if isinstance(e, PartialTranscript)]
     assert partials and all(p.logprob < 0 for p in partials), partials
+
+
+async def test_a_partial_is_handed_over_as_soon_as_decoded_not_with_the_next_frame(
+    real_engines: SttEngines,
+) -> None:
+    """Over a playing reply the first words decide its fate: the transcriber says when a partial
+    is ready, and it can be taken then, with no more audio to come."""
+    ready = asyncio.Event()
+    transcriber = StreamingTranscriber(real_engines, get_settings(), "en", partial_ready=ready.set)
+    chunks = frames(silence(0.3), speech(LONG_REQUEST))
+    # Feed until half a second past the start of speech (the first partial is asked for
+    # VF_STT_FIRST_PARTIAL_S = 0.3 s past it), then no more frames: the user goes on speaking,
+    # the next frame is not here yet.
+    fed: list[SttEvent] = []
+    start_seq: int | None = None
+    for seq, chunk in enumerate(chunks):
+        events = await transcriber.feed(seq, chunk)
+        fed += events
+        if start_seq is None and any(isinstance(e, StartSpeech) for e in events):
+            start_seq = seq
+        if start_seq is not None and seq - start_seq >= 5:
+            break
+    assert start_seq is not None, "no speech heard"
+    # Frames are fed far faster than a decode runs, so none had its partial handed over yet.
+    assert not [e for e in fed if isinstance(e, PartialTranscript)], fed
+    async with asyncio.timeout(60):  # a hang guard, not a speed requirement
+        await ready.wait()
+    (partial,) = transcriber.take_partial()
+    assert isinstance(partial, PartialTranscript), partial
+    assert _words(partial.text).split()[:1] == ["could"], partial
+
+
+class _CountingModel:
+    """Whisper's CTranslate2 model, counting the tokens each generate call wrote."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.written: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        results = self.inner.generate(*args, **kwargs)
+        self.written += [len(r.sequences_ids[0]) for r in results]
+        return results
+
+
+class ClipRecorder(BeamRecorder):
+    """Also keeps each decode's audio and prompt."""
+
+    def __init__(self, inner: SpeechRecognizer) -> None:
+        super().__init__(inner)
+        self.clips: list[tuple[FloatArray, str]] = []
+
+    def transcribe(
+        self, audio: FloatArray, *, language: str, beam_size: int, prompt: str
+    ) -> Recognized:
+        self.clips.append((audio, prompt))
+        return super().transcribe(audio, language=language, beam_size=beam_size, prompt=prompt)
+
+
+async def test_a_partial_decode_that_runs_away_in_a_loop_is_cut_short(
+    real_engines: SttEngines,
+) -> None:
+    """Primed with acknowledgements, the first partial of "Cool." (0.7 s, cut mid-word) loops:
+    "Cool. Cool. Cool. ..." for 224 tokens, seconds of the decode thread all sessions share. The
+    decode stops at twice what speech needs, and the clip is decoded again on the full window."""
+    recorder = ClipRecorder(real_engines.recognizer)
+    transcriber = StreamingTranscriber(_engines(real_engines, recorder), get_settings(), "en")
+    await _run(transcriber, frames(silence(1.0), speech("Cool.", "af_bella"), silence(1.5)))
+    partial, prompt = next(
+        clip for clip, beam in zip(recorder.clips, recorder.beams, strict=True) if beam == 1
+    )
+    recognizer = real_engines.recognizer
+    assert isinstance(recognizer, WhisperRecognizer)
+    model = recognizer._model
+    counting = _CountingModel(model.model)
+    model.model = counting
+    try:
+        heard = recognizer.transcribe(partial, language="en", beam_size=1, prompt=prompt)
+    finally:
+        model.model = counting.inner
+    assert _words(heard.text).split() == ["cool"], heard
+    seconds = partial.size / RATE
+    assert counting.written and max(counting.written) <= 8 + 12 * seconds + 1, counting.written
+
+
+async def test_the_start_of_speech_says_how_much_of_it_the_voice_detector_had_heard(
+    real_engines: SttEngines,
+) -> None:
+    """The gateway counts the time for a decision on a paused reply from when the speech began:
+    the start says how long before it that was, in the audio (at least the detector's run of
+    voiced chunks)."""
+    transcriber = StreamingTranscriber(real_engines, get_settings(), "en")
+    lead = silence(1.0)
+    events = await _run(transcriber, frames(lead, speech("Wait.", "af_heart"), silence(1.5)))
+    starts = [(seq, e) for seq, e in events if isinstance(e, StartSpeech)]
+    assert len(starts) == 1
+    seq, start = starts[0]
+    chunk = real_engines.vad.chunk_samples
+    assert start.voiced >= 3 * chunk, start
+    # It began no earlier than the speech itself, and within the frames fed so far.
+    detected_by = (seq + 1) * FRAME_BYTES // 2
+    assert lead.size <= detected_by - start.voiced + chunk, (start, detected_by)

@@ -58,14 +58,14 @@ def test_short_blips_do_not_start_speech() -> None:
 def test_speech_start_includes_pre_roll_once() -> None:
     ep = Endpointer(CFG)
     actions = drive(ep, [0.0] * 10 + [0.9] * 3)
-    assert actions == [(1300, StartSpeech(1000 - 200))]
+    assert actions == [(1300, StartSpeech(1000 - 200, voiced=300))]
     assert ep.speaking
     assert drive(ep, [0.9] * 3) == []
 
 
 def test_pre_roll_is_clamped_to_stream_start() -> None:
     ep = Endpointer(CFG)
-    assert drive(ep, [0.9] * 3) == [(300, StartSpeech(0))]
+    assert drive(ep, [0.9] * 3) == [(300, StartSpeech(0, voiced=300))]
 
 
 def test_partials_are_spaced_and_cover_uncommitted_audio() -> None:
@@ -88,7 +88,7 @@ def test_the_first_partial_comes_sooner_than_the_rest() -> None:
     # And so again in the next utterance, which starts at 3800.
     drive(ep, [0.0] * 12)
     actions = drive(ep, [0.9] * 6)
-    assert actions[0] == (3800, StartSpeech(3300))
+    assert actions[0] == (3800, StartSpeech(3300, voiced=300))
     assert actions[1:] == [(4000, Partial(3300, 4000))]
 
 
@@ -177,7 +177,7 @@ def test_next_utterance_starts_after_the_previous_final() -> None:
     drive(ep, [0.9] * 10 + [0.05] * 5, turn=0.9)
     actions = drive(ep, [0.9] * 3)
     # Clamped at the final: its audio is consumed, the pre-roll may not reach back into it.
-    assert actions == [(1800, StartSpeech(1300))]
+    assert actions == [(1800, StartSpeech(1300, voiced=300))]
 
 
 def test_finish_ends_an_utterance_in_progress() -> None:

@@ -392,6 +392,20 @@ def test_a_pause_without_words_resumes_when_the_time_for_a_decision_is_up() -> N
     assert machine.decision_due(1.5, 2.2) == []
 
 
+def test_the_time_for_a_decision_counts_from_when_the_speech_began_not_when_it_was_detected() -> (
+    None
+):
+    machine = playing_story()
+    # The voice detector was sure of the speech 0.25 s into it: the pause comes now, the
+    # decision is due DECIDE_WITHIN after the speech began.
+    pause, expect = machine.speech_started(1.75, spoken_s=0.25)
+    assert pause == AudioPause(1) and isinstance(expect, ExpectDecision)
+    assert expect.paused_at == 1.5
+    assert abs(expect.within_s - (DECIDE_WITHIN - 0.25)) < 1e-9
+    machine.reply_audio(reply_audio(1, 1, 1.0, THE_END), 1.8)
+    assert machine.decision_due(1.5, 2.1) == [AudioResume(1), SendAudio(bytes(48000))]
+
+
 def test_an_acknowledgement_heard_early_keeps_the_pause_until_the_turn_ends_or_time_is_up() -> None:
     machine = playing_story()
     machine.speech_started(1.5)

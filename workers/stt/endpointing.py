@@ -61,7 +61,11 @@ class EndpointConfig:
 
 @dataclass(frozen=True, slots=True)
 class StartSpeech:
+    """Speech started; decode from ``start`` (the pre-roll included). ``voiced``: how much of it
+    the voice detector had heard by then (samples), i.e. how long ago, in the audio, it began."""
+
     start: int
+    voiced: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +194,7 @@ class Endpointer:
         # The first partial comes sooner than the rest: the first words of an utterance are what
         # decides whether speech over a playing reply interrupts it (gateway/interruptions.py).
         self._next_partial = self.position + cfg.first_partial
-        return [StartSpeech(self._utt_start)]
+        return [StartSpeech(self._utt_start, self.position - self._run_start)]
 
     def _while_speaking(self) -> list[Action]:
         cfg = self._cfg

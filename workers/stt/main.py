@@ -18,6 +18,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from redis.exceptions import RedisError
 
 from fleet import telemetry
+from fleet.audio import INPUT_SAMPLE_RATE
 from fleet.contracts import (
     AudioChunk,
     Message,
@@ -73,6 +74,11 @@ class HeldSession:
     # Until the gateway's ReplayDone, live frames wait here (see contracts.ReplayDone).
     replay_done: bool = False
     early: list[AudioChunk] = field(default_factory=list)
+    # Set when the transcriber has a partial ready: it is published at once, not after the frame
+    # being fed, which may wait on the voice and turn detectors and the final's decode.
+    partial_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # Partials and the rest of the transcript are published in the order they were taken.
+    publishing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __call__(self, message: Message) -> None:
         """Take one message of the stream's audio route, in the order the broker delivered it."""
@@ -146,10 +152,16 @@ class SttWorker:
             log.info("lease_for_ended_stream_dropped", session_id=session_id)
             await settle(incoming.ack(), "ack lease of ended stream")
             return
+        partial_ready = asyncio.Event()
         transcriber = StreamingTranscriber(
-            self.engines, self.settings, message.language or self.settings.stt_language
+            self.engines,
+            self.settings,
+            message.language or self.settings.stt_language,
+            partial_ready=partial_ready.set,
         )
-        held = HeldSession(session_id, stream_id, incoming, transcriber)
+        held = HeldSession(
+            session_id, stream_id, incoming, transcriber, partial_ready=partial_ready
+        )
         held.task = asyncio.create_task(self._run_session(held), name=f"stt-{stream_id}")
         try:
             await self.sessions.add(stream_id, held)
@@ -199,11 +211,12 @@ class SttWorker:
     async def _run_session(self, held: HeldSession) -> None:
         """Feeds one session's frames to its transcriber, strictly in order."""
         with structlog.contextvars.bound_contextvars(session_id=held.session_id):
+            partials = asyncio.create_task(self._publish_partials(held))
             try:
                 while True:
                     item = await held.inbox.get()
                     if item is _CLOSE:
-                        await self._publish(held.session_id, await held.transcriber.flush())
+                        await self._publish(held, await held.transcriber.flush())
                         await self._release(held, Release.DONE, "closed")
                         return
                     assert isinstance(item, AudioChunk)
@@ -211,13 +224,27 @@ class SttWorker:
                         continue
                     async with self.runtime.working():
                         events = await held.transcriber.feed(item.seq, item.pcm)
-                    await self._publish(held.session_id, events)
+                    await self._publish(held, events)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 telemetry.ERRORS.labels("stt", "session_failed").inc()
                 log.exception("session_failed")
                 await self._give_up_or_hand_back(held)
+            finally:
+                await cancel_and_wait(partials)
+
+    async def _publish_partials(self, held: HeldSession) -> None:
+        while True:
+            await held.partial_ready.wait()
+            held.partial_ready.clear()
+            async with held.publishing:
+                try:
+                    await self._publish_events(held.session_id, held.transcriber.take_partial())
+                except CONNECTION_ERRORS as exc:
+                    # A partial is soon outdated anyway; the session's own loop meets the same
+                    # broker trouble with its next frame and deals with it.
+                    log.warning("partial_not_published", error=str(exc))
 
     async def _give_up_or_hand_back(self, held: HeldSession) -> None:
         """After a failure another worker may do better, but a stream that keeps failing
@@ -233,11 +260,15 @@ class SttWorker:
                 held, Release.POISON, "failed", f"the stream failed {failures} times"
             )
 
-    async def _publish(self, session_id: str, events: list[SttEvent]) -> None:
+    async def _publish(self, held: HeldSession, events: list[SttEvent]) -> None:
+        async with held.publishing:
+            await self._publish_events(held.session_id, events)
+
+    async def _publish_events(self, session_id: str, events: list[SttEvent]) -> None:
         bus = self.runtime.bus
         for event in events:
             if isinstance(event, StartSpeech):
-                await bus.publish(SpeechStarted(session_id))
+                await bus.publish(SpeechStarted(session_id, event.voiced / INPUT_SAMPLE_RATE))
             elif isinstance(event, PartialTranscript):
                 await bus.publish(TranscriptPartial(session_id, event.text, event.logprob))
             elif isinstance(event, FinalTranscript):

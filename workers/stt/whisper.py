@@ -17,6 +17,8 @@ on the full window.
 
 from __future__ import annotations
 
+from math import ceil
+
 import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
@@ -34,6 +36,12 @@ _COMPRESSION_RATIO_THRESHOLD = 2.4
 # Seconds of padding the clip always gets inside the short window: a decode whose audio reaches
 # the very end of its window tends to drop or invent the last word.
 _MIN_TRAILING_PAD_S = 2.0
+# Tokens a short-window decode may write, per second of audio and in all: about twice what the
+# fastest speech needs. Primed with acknowledgements, a partial cut mid-word sometimes runs
+# away in a loop ("Cool. Cool. Cool. ..." for 0.7 s of "Cool."): measured, 224 tokens and 4-9 s
+# of the one decode thread every session shares, unless cut short here.
+_TOKENS_PER_S = 12
+_MOST_TOKENS_EXTRA = 8
 
 
 class WhisperRecognizer:
@@ -65,7 +73,9 @@ class WhisperRecognizer:
             heard = self._transcribe_short(
                 audio, language=language, beam_size=beam_size, prompt=prompt
             )
-            if get_compression_ratio(heard.text) <= _COMPRESSION_RATIO_THRESHOLD:
+            if heard is not None and (
+                get_compression_ratio(heard.text) <= _COMPRESSION_RATIO_THRESHOLD
+            ):
                 return heard
         return self._transcribe_full(audio, language=language, beam_size=beam_size, prompt=prompt)
 
@@ -97,7 +107,8 @@ class WhisperRecognizer:
 
     def _transcribe_short(
         self, audio: FloatArray, *, language: str, beam_size: int, prompt: str
-    ) -> Recognized:
+    ) -> Recognized | None:
+        """None: the decode ran away (wrote as many tokens as it may)."""
         model = self._model
         tokenizer = self._tokenizer(language)
         features = model.feature_extractor(audio)
@@ -113,6 +124,7 @@ class WhisperRecognizer:
             previous = tokenizer.encode(" " + prompt.strip())
             tokens = [tokenizer.sot_prev, *previous[-(model.max_length // 2 - 1) :]]
         tokens += [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        most = _MOST_TOKENS_EXTRA + ceil(_TOKENS_PER_S * audio.size / self._sample_rate)
 
         result = model.model.generate(
             encoded,
@@ -120,13 +132,16 @@ class WhisperRecognizer:
             beam_size=beam_size,
             patience=1.0,
             length_penalty=1.0,
-            max_length=model.max_length,
+            # CTranslate2 counts the prompt in the length (give or take a token).
+            max_length=min(model.max_length, len(tokens) + most + 2),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=self._suppress[language],
         )[0]
         ids = result.sequences_ids[0]
+        if len(ids) >= most:
+            return None
         avg_logprob = result.scores[0] * len(ids) / (len(ids) + 1)
         if result.no_speech_prob > _NO_SPEECH_THRESHOLD and avg_logprob <= _LOG_PROB_THRESHOLD:
             return Recognized("")
