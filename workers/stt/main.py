@@ -29,6 +29,7 @@ from fleet.contracts import (
     SpeechStarted,
     TranscriptFinal,
     TranscriptPartial,
+    TranscriptTentative,
 )
 from fleet.inbox import KeyedInbox
 from fleet.tasks import cancel_and_wait
@@ -41,6 +42,7 @@ from workers.stt.transcriber import (
     StreamingTranscriber,
     SttEngines,
     SttEvent,
+    TentativeTranscript,
 )
 
 log = structlog.get_logger(__name__)
@@ -240,6 +242,8 @@ class SttWorker:
                 await bus.publish(SpeechStarted(session_id))
             elif isinstance(event, PartialTranscript):
                 await bus.publish(TranscriptPartial(session_id, event.text, event.logprob))
+            elif isinstance(event, TentativeTranscript):
+                await bus.publish(TranscriptTentative(session_id, event.text, event.logprob))
             elif isinstance(event, FinalTranscript):
                 await bus.publish(
                     TranscriptFinal(session_id, event.text, event.upto_seq, event.logprob)
