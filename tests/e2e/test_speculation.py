@@ -27,7 +27,7 @@ def speculations(fleet: Fleet, session_id: str, event: str) -> list[int]:
     """The speculative turns the gateway logged ``event`` of for the session."""
     return [
         int(str(e["speculative_turn"]))
-        for e in fleet.processes["gateway-0"].log_events()
+        for e in fleet.processes["gateway-1"].log_events()
         if e.get("event") == event and e.get("session_id") == session_id
     ]
 
