@@ -55,6 +55,8 @@ async def test_a_user_who_pauses_mid_request_and_goes_on_hears_one_answer_to_all
 ) -> None:
     full = speech(REQUEST)
     cut = int(full.size * CUT)
+    assert fleet.chat_tap is not None
+    asked = len(fleet.chat_tap.chat_messages())
     client = VoiceClient(fleet.ws_url)
     await client.connect()
     try:
@@ -72,6 +74,9 @@ async def test_a_user_who_pauses_mid_request_and_goes_on_hears_one_answer_to_all
         assert started, "no speculation started at the pause"
         assert speculations(fleet, session, "speculation_wasted") == started
         assert turn not in started
+        # Its request did reach the chat model, so there was a reply to keep from the client.
+        requests = [m[-1]["content"] for m in fleet.chat_tap.chat_messages()[asked:]]
+        assert any("tomorrow" not in words(r) for r in requests), requests
 
         # Nothing of it reached the client: one final transcript, one reply, of one turn.
         finals = [e for e in client.events("transcript") if e["final"]]
