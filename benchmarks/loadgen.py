@@ -233,6 +233,14 @@ class PrivateFleet:
             return []
         return re.findall(r"voicefleet up: (\S+ exited with code \S+ after \d+ s)", text)
 
+    async def speculations(self) -> str:
+        """The gateway's count of speculative replies used and wasted (vf_speculations_total)."""
+        async with httpx.AsyncClient(timeout=10) as http:
+            text = (await http.get(f"http://127.0.0.1:{self.gateway_port}/metrics")).text
+        counts = dict(re.findall(r'^vf_speculations_total\{outcome="(\w+)"\} (\S+)$', text, re.M))
+        used, wasted = (int(float(counts.get(k, "0"))) for k in ("used", "wasted"))
+        return f"speculations (first gateway) used={used} wasted={wasted}"
+
     async def stop(self) -> None:
         """SIGTERM the runner (it drains its children), kill leftovers, delete the namespace."""
         leftovers: dict[int, str] = {}
@@ -543,6 +551,9 @@ async def killer(
 
 async def run_levels(args: argparse.Namespace) -> tuple[list[TurnRecord], PrivateFleet | None]:
     questions = await synthesize_questions()
+    if args.cut < 1.0:
+        # Whole PCM16 samples: a user who trails off mid-sentence.
+        questions = [q[: int(len(q) * args.cut) // 2 * 2] for q in questions]
     fleet: PrivateFleet | None = None
     records: list[TurnRecord] = []
     kill_task: asyncio.Task[None] | None = None
@@ -569,6 +580,8 @@ async def run_levels(args: argparse.Namespace) -> tuple[list[TurnRecord], Privat
             records += await run_level(
                 url, level, args.turns, questions, args.patience, args.level_timeout, run_started
             )
+            if fleet is not None:
+                print(f"  so far: {await fleet.speculations()}", flush=True)
     finally:
         if kill_task is not None:
             kill_task.cancel()
@@ -599,6 +612,13 @@ def main() -> None:
     parser.add_argument("--patience", type=float, default=60.0, help="per awaited event (s)")
     parser.add_argument("--level-timeout", type=float, default=900.0, help="per level (s)")
     parser.add_argument("--csv", default="", help="write per-turn records here")
+    parser.add_argument(
+        "--cut",
+        type=float,
+        default=1.0,
+        help="speak only this share of each question (a user who trails off mid-sentence, where\n"
+        "Smart Turn mostly expects more and the turn ends at VF_STT_SILENCE_TIMEOUT_S)",
+    )
     fleet = parser.add_argument_group("a private fleet (--start-fleet)")
     fleet.add_argument("--start-fleet", action="store_true", help="run `voicefleet up` itself")
     fleet.add_argument("--stt", type=int, default=1)

@@ -167,6 +167,19 @@ class TranscriptFinal:
     logprob: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class TranscriptTentative:
+    """The user paused mid-utterance and the turn detector expects more: ``text`` is what the
+    final will say if they do not go on (the turn then ends at the silence timeout). More speech
+    before the final (a partial, or a final with other words) withdraws it. ``logprob`` as in
+    TranscriptPartial."""
+
+    KIND: ClassVar[str] = "transcript.tentative"
+    session_id: str
+    text: str
+    logprob: float = 0.0
+
+
 # --- gateway -> LLM bridge -> TTS -> gateway -------------------------------------------------
 
 
@@ -286,6 +299,7 @@ Message: TypeAlias = (
     | SessionTakenOver
     | SpeechStarted
     | TranscriptPartial
+    | TranscriptTentative
     | TranscriptFinal
     | TurnRequest
     | AssistantDelta
@@ -308,6 +322,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         SessionTakenOver,
         SpeechStarted,
         TranscriptPartial,
+        TranscriptTentative,
         TranscriptFinal,
         TurnRequest,
         AssistantDelta,

@@ -310,6 +310,13 @@ class Settings(BaseSettings):
         0.5, description="Smart Turn probability above which the user is done speaking."
     )
     stt_vad_threshold: float = Field(0.5, description="Silero VAD speech probability threshold.")
+    speculate_turns: bool = Field(
+        True,
+        description="When the user pauses and Smart Turn expects more, start the reply to what "
+        "was said so far, held back: if the silence timeout then ends the turn with the same "
+        "words, its reply is already on the way; if the user goes on, it is cancelled unheard "
+        "and unrecorded. Read by the STT workers (which announce the pause) and the gateways.",
+    )
     stt_idle_timeout_s: float = Field(
         120.0,
         description="An STT worker releases a held session after this long without audio (s).",

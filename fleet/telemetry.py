@@ -99,3 +99,9 @@ DEAD_LETTERED = Counter(
 )
 ERRORS = Counter("vf_errors_total", "Errors by stage and code.", ["stage", "code"])
 CLIENT_ERRORS = Counter("vf_client_errors_total", "Error events sent to clients.", ["code"])
+SPECULATIONS = Counter(
+    "vf_speculations_total",
+    "Replies started at a pause before the end of the turn: used (the turn ended with the same "
+    "words) or wasted (the user went on; cancelled unheard).",
+    ["outcome"],
+)

@@ -161,6 +161,7 @@ ROUTES: dict[type[Message], Route] = {
     contracts.SessionTakenOver: Route.EVENTS,
     contracts.SpeechStarted: Route.EVENTS,
     contracts.TranscriptPartial: Route.EVENTS,
+    contracts.TranscriptTentative: Route.EVENTS,
     contracts.TranscriptFinal: Route.EVENTS,
     contracts.TurnRequest: Route.LLM_TURNS,
     contracts.AssistantDelta: Route.EVENTS,

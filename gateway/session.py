@@ -30,6 +30,7 @@ from fleet.contracts import (
     SpeechStarted,
     TranscriptFinal,
     TranscriptPartial,
+    TranscriptTentative,
     TurnDone,
     TurnFailed,
     TurnRequest,
@@ -63,6 +64,7 @@ from gateway.turns import (
     FirstAudio,
     Heard,
     SendAudio,
+    SpeculationSettled,
     StartTurn,
     TurnMachine,
 )
@@ -479,6 +481,8 @@ class ClientConnection:
                 await self._execute(session, turns.decision_due(paused_at, now), now)
             case TranscriptPartial(text=text, logprob=logprob):
                 await self._execute(session, turns.partial_transcript(text, now, logprob), now)
+            case TranscriptTentative(text=text) if self.settings.speculate_turns:
+                await self._execute(session, turns.tentative_transcript(text, now), now)
             case TranscriptFinal(text=text, upto_seq=upto, logprob=logprob):
                 # A final transcript that reaches this connection after a resume took the session
                 # over (before the notice did) is the new connection's: it starts the turn.
@@ -506,10 +510,13 @@ class ClientConnection:
                     await self._send_event(command)
                 case SendAudio(pcm=pcm):
                     await self._send(pcm)
-                case StartTurn(text=text):
+                case StartTurn(text=text, speculative=speculative):
                     number = await self.hub.store.next_turn(session.id)
-                    session.turns.turn_started(number, text, now)
-                    structlog.contextvars.bind_contextvars(turn=number)
+                    session.turns.turn_started(number, text, now, speculative=speculative)
+                    if speculative:
+                        log.info("speculation_started", speculative_turn=number)
+                    else:
+                        structlog.contextvars.bind_contextvars(turn=number)
                     await self.hub.bus.publish(
                         TurnRequest(session.id, number, text, session.voice, session.language)
                     )
@@ -521,6 +528,12 @@ class ClientConnection:
                     await session.history.record(command)
                 case FirstAudio(waited_s=waited):
                     telemetry.GATEWAY_TTFA.observe(waited)
+                case SpeculationSettled(turn=turn, used=used):
+                    outcome = "used" if used else "wasted"
+                    telemetry.SPECULATIONS.labels(outcome).inc()
+                    log.info(f"speculation_{outcome}", speculative_turn=turn)
+                    if used:
+                        structlog.contextvars.bind_contextvars(turn=turn)
                 case ExpectDecision(paused_at=paused_at, within_s=within):
                     asyncio.get_running_loop().call_later(
                         within, self._deliver, DecisionDue(paused_at)

@@ -9,10 +9,16 @@ Speech over a reply that is playing pauses it first (``audio_pause``; the reply'
 here, its making goes on); the words then decide (gateway/interruptions.py): a real interruption
 cancels the reply, an acknowledgement or no words resume it (``audio_resume``, then the held
 audio) and start no turn.
+
+When the user pauses and may be done (``transcript.tentative``), the reply to what they said so far
+starts at once, held back here (a speculation): the final transcript with the same words makes it
+the turn, its reply already on the way; more speech, or a final with other words, cancels it
+unheard and unrecorded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fleet.audio import OUTPUT_SAMPLE_RATE
@@ -47,9 +53,14 @@ class SendAudio:
 @dataclass(frozen=True, slots=True)
 class StartTurn:
     """Ask the fleet to answer ``text`` as a new turn, then report its number to
-    :meth:`TurnMachine.turn_started` before the next event."""
+    :meth:`TurnMachine.turn_started` before the next event.
+
+    ``speculative``: the user may not be done; the reply is held back until the final
+    transcript confirms the words (see :meth:`TurnMachine.tentative_transcript`).
+    """
 
     text: str
+    speculative: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +106,24 @@ class ExpectDecision:
     within_s: float
 
 
-Command = ServerEvent | SendAudio | StartTurn | CancelTurn | Heard | FirstAudio | ExpectDecision
+@dataclass(frozen=True, slots=True)
+class SpeculationSettled:
+    """Speculative turn ``turn`` became the turn (``used``), or was cancelled unheard."""
+
+    turn: int
+    used: bool
+
+
+Command = (
+    ServerEvent
+    | SendAudio
+    | StartTurn
+    | CancelTurn
+    | Heard
+    | FirstAudio
+    | ExpectDecision
+    | SpeculationSettled
+)
 
 
 # --- the machine ---------------------------------------------------------------------------
@@ -149,6 +177,21 @@ class _Listening:
     logprob: float = 0.0  # how sure the recognizer is of ``heard``
 
 
+@dataclass
+class _Speculation:
+    """A turn started on a tentative transcript, whose reply events wait here until the final."""
+
+    said: str  # the tentative transcript
+    text: str  # the request: ``said``, after a request left unanswered
+    number: int | None = None  # known from turn_started, before the next event
+    # The reply's events as they came, each to be handled as the turn's own once it is confirmed.
+    held: list[Callable[[float], list[Command]]] = field(default_factory=list)
+
+
+def _same_words(a: str, b: str) -> bool:
+    return spoken_words(a) == spoken_words(b)
+
+
 class TurnMachine:
     def __init__(self, backchannels: Backchannels) -> None:
         self._backchannels = backchannels
@@ -158,25 +201,52 @@ class TurnMachine:
         self._unanswered = ""
         # Speech over the current turn's reply, until its final transcript (or another turn).
         self._listening: _Listening | None = None
+        self._speculation: _Speculation | None = None
 
     # --- the user ------------------------------------------------------------------------------
 
     def speech_started(self, now: float, spoken_s: float = 0.0) -> list[Command]:
         """``spoken_s``: how long the user had spoken when the voice detector was sure of it.
         The decision is due ``decide_within_s`` after the speech began, not after this."""
+        # Only a recognizer that took the stream over starts the utterance again before its
+        # final: what it will make of it is not known yet.
+        withdrawn = self._withdraw("speculation_withdrawn")
         turn = self._turn
         if turn is None or not turn.still_playing(now):
-            return []
+            return withdrawn
         if turn.first_audio_at is None:
             # Nothing has played: the user is still making the request (see _barge_in).
-            return self._barge_in(now)
+            return withdrawn + self._barge_in(now)
         if self._listening is not None and self._listening.paused:
-            return []
-        return self._pause(turn, now, began=now - spoken_s)
+            return withdrawn
+        return withdrawn + self._pause(turn, now, began=now - spoken_s)
 
     def partial_transcript(self, text: str, now: float, logprob: float = 0.0) -> list[Command]:
+        # A partial after the tentative transcript is of speech after the pause: the user went on.
+        withdrawn: list[Command] = []
+        if self._speculation is not None and not _same_words(self._speculation.said, text):
+            withdrawn = self._withdraw("speculation_withdrawn")
         # A decision precedes the transcript that caused it.
-        return [*self._hear(text, now, final=False, logprob=logprob), Transcript(text, final=False)]
+        return [
+            *withdrawn,
+            *self._hear(text, now, final=False, logprob=logprob),
+            Transcript(text, final=False),
+        ]
+
+    def tentative_transcript(self, text: str, now: float) -> list[Command]:
+        """The user paused and may be done saying ``text``: start its reply, held back."""
+        said = text.strip()
+        if not spoken_words(said) or self._listening is not None:
+            return []
+        if self._turn is not None and self._turn.still_playing(now):
+            # A new turn would cancel the reply the user may still be hearing; whether the
+            # speech over it is a request or an acknowledgement is for the final to tell.
+            return []
+        if self._speculation is not None and _same_words(self._speculation.said, said):
+            return []
+        withdrawn = self._withdraw("speculation_withdrawn")
+        self._speculation = _Speculation(said, f"{self._unanswered} {said}".strip())
+        return [*withdrawn, StartTurn(self._speculation.text, speculative=True)]
 
     def decision_due(self, paused_at: float, now: float) -> list[Command]:
         """The time for a decision on the pause that began at ``paused_at`` is up."""
@@ -198,22 +268,70 @@ class TurnMachine:
         if self._listening is not None:
             # An acknowledgement, or no words, over the reply: it goes on; this is no new turn.
             self._listening = None
-            return [*commands, Transcript(text, final=True)]
+            return [
+                *commands,
+                *self._withdraw("speculation_withdrawn"),
+                Transcript(text, final=True),
+            ]
         said = text.strip()
         commands.append(Transcript(text, final=True))
+        speculation = self._speculation
+        if (
+            speculation is not None
+            and speculation.number is not None
+            and _same_words(speculation.said, said)
+        ):
+            return commands + self._confirm(speculation, speculation.number, now)
+        commands += self._withdraw("speculation_withdrawn")
         # Speech that had no words (a cough) cut a request off: it is answered still.
         if said or self._unanswered:
             commands.append(StartTurn(f"{self._unanswered} {said}".strip()))
             self._unanswered = ""
         return commands
 
-    def turn_started(self, number: int, text: str, now: float) -> None:
+    def turn_started(
+        self, number: int, text: str, now: float, *, speculative: bool = False
+    ) -> None:
+        if speculative and self._speculation is not None:
+            self._speculation.number = number
+            return
         self._turn = _Turn(number, text, now, ReplyAssembler(number))
         self._listening = None
+
+    def _confirm(self, speculation: _Speculation, number: int, now: float) -> list[Command]:
+        """The final transcript says what the speculation answers: it is the turn from now on,
+        and what came of its reply so far is handled as if it were coming now."""
+        self._speculation = None
+        self._unanswered = ""
+        self.turn_started(number, speculation.text, now)
+        commands: list[Command] = [SpeculationSettled(number, used=True)]
+        for event in speculation.held:
+            commands += event(now)
+        return commands
+
+    def _withdraw(self, reason: str) -> list[Command]:
+        """Cancel the speculation, if any: nothing of it was sent or recorded."""
+        speculation, self._speculation = self._speculation, None
+        if speculation is None or speculation.number is None:
+            return []
+        return [
+            CancelTurn(speculation.number, unanswered=False, reason=reason),
+            SpeculationSettled(speculation.number, used=False),
+        ]
+
+    def _held_back(self, turn: int, event: Callable[[float], list[Command]]) -> bool:
+        """Keep ``event`` if it is of the speculation's turn (see _confirm)."""
+        speculation = self._speculation
+        if speculation is None or speculation.number != turn:
+            return False
+        speculation.held.append(event)
+        return True
 
     # --- the reply -----------------------------------------------------------------------------
 
     def reply_text(self, turn: int, index: int, text: str) -> list[Command]:
+        if self._held_back(turn, lambda now: self.reply_text(turn, index, text)):
+            return []
         current = self._current(turn)
         # A retried turn (its LLM worker died) streams from the start again.
         if current is None or index < current.next_delta:
@@ -222,6 +340,8 @@ class TurnMachine:
         return [AssistantText(text, turn)]
 
     def reply_audio(self, audio: AudioOut, now: float) -> list[Command]:
+        if self._held_back(audio.turn, lambda later: self.reply_audio(audio, later)):
+            return []
         current = self._current(audio.turn)
         if current is None:
             return []
@@ -243,6 +363,8 @@ class TurnMachine:
         return commands + self._finish_if_complete(current)
 
     def reply_done(self, turn: int, sentences: int) -> list[Command]:
+        if self._held_back(turn, lambda now: self.reply_done(turn, sentences)):
+            return []
         current = self._current(turn)
         if current is None:
             return []
@@ -252,6 +374,10 @@ class TurnMachine:
     def reply_failed(
         self, turn: int, code: ErrorCode, message: str, sentence: int | None, now: float
     ) -> list[Command]:
+        if self._held_back(
+            turn, lambda later: self.reply_failed(turn, code, message, sentence, later)
+        ):
+            return []
         current = self._current(turn)
         if current is None:
             return []
@@ -265,10 +391,11 @@ class TurnMachine:
     def closed(self) -> list[Command]:
         """The connection ended: a reply not yet recorded is recorded as far as it was sent,
         and a reply still in the making is cancelled: nobody is there to hear it."""
+        withdrawn = self._withdraw("turn_cancelled_on_close")
         turn = self._turn
         if turn is None:
-            return []
-        commands: list[Command] = []
+            return withdrawn
+        commands = withdrawn
         if not turn.reply.complete:
             unanswered = turn.first_audio_at is None
             commands.append(CancelTurn(turn.number, unanswered, reason="turn_cancelled_on_close"))

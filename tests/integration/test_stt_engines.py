@@ -33,6 +33,7 @@ from workers.stt.transcriber import (
     StreamingTranscriber,
     SttEngines,
     SttEvent,
+    TentativeTranscript,
 )
 from workers.stt.whisper import WhisperRecognizer
 
@@ -181,6 +182,29 @@ async def test_cut_off_phrase_waits_for_the_silence_timeout(
     speech_end_seq = (lead.size + cut.size) / RATE / FRAME_S
     waited_s = (final.upto_seq + 1 - speech_end_seq) * FRAME_S
     assert waited_s >= settings.stt_silence_timeout_s
+
+
+async def test_a_pause_the_turn_detector_doubts_gives_the_final_s_words_in_advance(
+    real_engines: SttEngines, spy: RecordingRecognizer
+) -> None:
+    full = speech(LONG_REQUEST)
+    chunks = frames(silence(0.3), full[: int(full.size * 0.55)], silence(2.0))
+    events = await _run(
+        StreamingTranscriber(_engines(real_engines, spy), Settings(speculate_turns=True), "en"),
+        chunks,
+    )
+    kinds = [type(e) for _, e in events]
+    assert kinds.count(TentativeTranscript) == 1, events
+    assert kinds.index(TentativeTranscript) < kinds.index(FinalTranscript)
+    (tentative,) = [e for _, e in events if isinstance(e, TentativeTranscript)]
+    (final,) = _finals(events)
+    assert tentative.text == final.text
+    # Announced at the pause, long before the silence timeout ends the turn.
+    (at,) = [seq for seq, e in events if isinstance(e, TentativeTranscript)]
+    assert at < final.upto_seq
+
+    quiet = StreamingTranscriber(_engines(real_engines, spy), Settings(speculate_turns=False), "en")
+    assert TentativeTranscript not in [type(e) for _, e in await _run(quiet, chunks)]
 
 
 async def test_silence_and_noise_produce_nothing(

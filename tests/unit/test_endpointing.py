@@ -13,6 +13,7 @@ from workers.stt.endpointing import (
     Endpointer,
     EndTurn,
     Partial,
+    Speculate,
     StartSpeech,
 )
 from workers.stt.scheduler import BACKGROUND, URGENT, JobQueue, PriorityExecutor
@@ -145,6 +146,34 @@ def test_incomplete_turn_commits_and_waits_for_timeout() -> None:
     pos, end = actions[-1]
     assert pos == 1000 + CFG.silence_timeout
     assert end == EndTurn(1100, 1100)
+
+
+def test_a_pause_the_turn_detector_doubts_is_speculated_on_once_its_speech_is_committed() -> None:
+    ep = Endpointer(replace(CFG, speculate=True))
+    actions = drive(ep, [0.9] * 10 + [0.05] * 12, turn=0.1)
+    assert kinds(actions) == [StartSpeech, Partial, Commit, CheckTurn, Speculate, EndTurn]
+    # Everything the final will hold is committed by then: the final adds nothing to it.
+    assert [a for _, a in actions if isinstance(a, Commit)] == [Commit(0, 1100)]
+    assert actions[-1][1] == EndTurn(1100, 1100)
+
+
+def test_no_speculation_when_the_turn_ends_at_the_pause_or_speculation_is_off() -> None:
+    done = drive(Endpointer(replace(CFG, speculate=True)), [0.9] * 10 + [0.05] * 5, turn=0.9)
+    assert Speculate not in kinds(done)
+    off = drive(Endpointer(replace(CFG, speculate=False)), [0.9] * 10 + [0.05] * 12, turn=0.1)
+    assert Speculate not in kinds(off)
+
+
+def test_each_doubted_pause_is_speculated_on_anew() -> None:
+    ep = Endpointer(replace(CFG, speculate=True))
+    actions = drive(ep, [0.9] * 10 + [0.05] * 5 + [0.9] * 10 + [0.05] * 5, turn=0.1)
+    assert kinds(actions).count(Speculate) == 2
+    assert ep.speaking
+
+
+def test_speculation_follows_the_setting() -> None:
+    assert EndpointConfig.from_settings(Settings(speculate_turns=True)).speculate
+    assert not EndpointConfig.from_settings(Settings(speculate_turns=False)).speculate
 
 
 def test_speech_resuming_after_a_pause_continues_the_utterance() -> None:

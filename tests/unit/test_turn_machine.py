@@ -28,6 +28,7 @@ from gateway.turns import (
     FirstAudio,
     Heard,
     SendAudio,
+    SpeculationSettled,
     StartTurn,
     TurnMachine,
 )
@@ -480,3 +481,134 @@ def test_a_partial_that_may_still_become_an_acknowledgement_resumes_by_the_bound
     # More words that make it no acknowledgement still cancel the reply.
     later = machine.partial_transcript("Yeah, but who was", 2.4)
     assert of_type(later, AudioCancel) == [AudioCancel(1)]
+
+
+# --- speculation: a reply started at a pause, held back until the final --------------------------
+
+
+def speculating(machine: TurnMachine, said: str, now: float, number: int) -> TurnMachine:
+    """The user paused after ``said``; the speculative turn gets ``number``."""
+    commands = machine.tentative_transcript(said, now)
+    start = commands[-1]
+    assert isinstance(start, StartTurn) and start.speculative, commands
+    machine.turn_started(number, start.text, now, speculative=True)
+    return machine
+
+
+def test_a_tentative_transcript_starts_a_speculative_turn_and_tells_the_client_nothing() -> None:
+    machine = TurnMachine(ENGLISH)
+    assert machine.tentative_transcript("What is the capital of France?", 0.3) == [
+        StartTurn("What is the capital of France?", speculative=True)
+    ]
+
+
+def test_the_reply_of_a_speculation_is_held_back_until_the_final_confirms_its_words() -> None:
+    machine = speculating(TurnMachine(ENGLISH), "What is the capital of France?", 0.3, number=1)
+    assert machine.reply_text(1, 0, "Paris.") == []
+    assert machine.reply_audio(reply_audio(1, 0, 1.0, "Paris."), 0.6) == []
+    assert machine.reply_done(1, sentences=1) == []
+
+    confirmed = machine.final_transcript("What is the capital of France?", 1.2)
+    assert confirmed == [
+        Transcript("What is the capital of France?", final=True),
+        SpeculationSettled(1, used=True),
+        AssistantText("Paris.", 1),
+        FirstAudio(0.0),
+        AudioStart(24000, 1),
+        SendAudio(bytes(48000)),
+        Heard(1, "What is the capital of France?", "Paris.", False, False),
+        AudioEnd(1),
+    ]
+
+
+def test_a_confirmed_speculation_goes_on_as_a_normal_turn() -> None:
+    machine = speculating(TurnMachine(ENGLISH), "Tell me a story.", 0.3, number=1)
+    machine.reply_audio(reply_audio(1, 0, 2.0, ONCE), 0.8)
+    # Differences of case and punctuation are no other words.
+    assert of_type(machine.final_transcript("tell me a story", 1.2), StartTurn) == []
+    assert machine.reply_audio(reply_audio(1, 1, 0.5, THE_END), 1.5) == [SendAudio(bytes(24000))]
+    assert of_type(machine.reply_done(1, sentences=2), Heard) == [
+        Heard(1, "Tell me a story.", f"{ONCE} {THE_END}", False, False)
+    ]
+    # Speech over it is a barge-in as over any reply.
+    assert machine.speech_started(2.0)[0] == AudioPause(1)
+
+
+def test_a_user_who_goes_on_cancels_the_speculation_and_nothing_of_it_is_heard() -> None:
+    machine = speculating(TurnMachine(ENGLISH), "Tell me a story", 0.3, number=1)
+    machine.reply_text(1, 0, "Once")
+    machine.reply_audio(reply_audio(1, 0, 1.0, ONCE), 0.9)
+
+    went_on = machine.partial_transcript("Tell me a story about a dragon", 1.0)
+    assert went_on == [
+        CancelTurn(1, unanswered=False, reason="speculation_withdrawn"),
+        SpeculationSettled(1, used=False),
+        Transcript("Tell me a story about a dragon", final=False),
+    ]
+    # Late events of the cancelled turn are stale; the whole request is one turn, recorded once.
+    assert machine.reply_done(1, sentences=1) == []
+    assert ask(machine, "Tell me a story about a dragon.", 2.5, number=3)[-1] == StartTurn(
+        "Tell me a story about a dragon."
+    )
+    assert machine.reply_audio(reply_audio(1, 0, 1.0, ONCE), 2.6) == []
+    machine.reply_audio(reply_audio(3, 0, 1.0, ONCE), 3.0)
+    assert of_type(machine.reply_done(3, sentences=1), Heard) == [
+        Heard(3, "Tell me a story about a dragon.", ONCE, False, False)
+    ]
+
+
+def test_a_final_with_other_words_cancels_the_speculation_and_starts_the_turn() -> None:
+    machine = speculating(TurnMachine(ENGLISH), "Tell me a story", 0.3, number=1)
+    assert machine.final_transcript("Tell me a story about a dragon.", 2.0) == [
+        Transcript("Tell me a story about a dragon.", final=True),
+        CancelTurn(1, unanswered=False, reason="speculation_withdrawn"),
+        SpeculationSettled(1, used=False),
+        StartTurn("Tell me a story about a dragon."),
+    ]
+
+
+def test_a_second_pause_with_more_words_speculates_again() -> None:
+    machine = speculating(TurnMachine(ENGLISH), "Tell me a story", 0.3, number=1)
+    assert machine.tentative_transcript("Tell me a story about a dragon", 2.0) == [
+        CancelTurn(1, unanswered=False, reason="speculation_withdrawn"),
+        SpeculationSettled(1, used=False),
+        StartTurn("Tell me a story about a dragon", speculative=True),
+    ]
+    # The same words again (a repeated tentative) start nothing more.
+    machine.turn_started(3, "Tell me a story about a dragon", 2.0, speculative=True)
+    assert machine.tentative_transcript("Tell me a story about a dragon.", 2.2) == []
+
+
+def test_no_speculation_over_a_reply_that_may_still_be_playing() -> None:
+    machine = playing_story()
+    # Speech over the reply paused it; whether it is an acknowledgement is not decided yet.
+    machine.speech_started(1.5)
+    assert machine.tentative_transcript("Uh-huh", 2.0) == []
+    # Nor while nothing was said over it and it plays on.
+    assert TurnMachine(ENGLISH).tentative_transcript("", 0.1) == []
+    playing = playing_story()
+    assert playing.tentative_transcript("What about the dragon", 1.5) == []
+
+
+def test_a_speculation_answers_a_request_left_unanswered_together_with_its_continuation() -> None:
+    machine = TurnMachine(ENGLISH)
+    ask(machine, "Tell me a story.", 0.0, number=1)
+    machine.speech_started(0.5)  # before any reply played: the request is left unanswered
+    speculating(machine, "About a dragon.", 1.0, number=3)
+    assert machine.final_transcript("About a dragon.", 2.0)[:2] == [
+        Transcript("About a dragon.", final=True),
+        SpeculationSettled(3, used=True),
+    ]
+    machine.reply_audio(reply_audio(3, 0, 1.0, ONCE), 2.5)
+    assert of_type(machine.reply_done(3, sentences=1), Heard) == [
+        Heard(3, "Tell me a story. About a dragon.", ONCE, False, False)
+    ]
+
+
+def test_the_connection_ending_cancels_a_speculation_unrecorded() -> None:
+    machine = speculating(TurnMachine(ENGLISH), "Tell me a story", 0.3, number=1)
+    machine.reply_audio(reply_audio(1, 0, 1.0, ONCE), 0.9)
+    assert machine.closed() == [
+        CancelTurn(1, unanswered=False, reason="turn_cancelled_on_close"),
+        SpeculationSettled(1, used=False),
+    ]

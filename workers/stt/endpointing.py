@@ -32,6 +32,7 @@ class EndpointConfig:
     turn_threshold: float
     tail_pad: int
     turn_context: int
+    speculate: bool = False
 
     @classmethod
     def from_settings(
@@ -56,6 +57,7 @@ class EndpointConfig:
             turn_threshold=settings.stt_turn_threshold,
             tail_pad=samples(0.15),
             turn_context=samples(8.0),
+            speculate=settings.speculate_turns,
         )
 
 
@@ -100,7 +102,14 @@ class EndTurn:
     end: int
 
 
-Action = StartSpeech | Partial | Commit | CheckTurn | EndTurn
+@dataclass(frozen=True, slots=True)
+class Speculate:
+    """The user paused, and the turn detector thinks they will go on: unless they do, the turn
+    ends at the silence timeout with the speech committed so far, so a reply to it may start now.
+    Every voiced sample is committed by then (the pause committed them)."""
+
+
+Action = StartSpeech | Partial | Commit | CheckTurn | EndTurn | Speculate
 
 
 class Endpointer:
@@ -170,7 +179,10 @@ class Endpointer:
         self._turn_pending = False
         if prob >= self._cfg.turn_threshold:
             return self._end_turn()
-        return []
+        # When the detector says "done", the final follows at once: a speculation would gain
+        # nothing. Here the turn may still end, but only at the silence timeout, up to
+        # ``silence_timeout - end_silence`` later.
+        return [Speculate()] if self._cfg.speculate else []
 
     def finish(self) -> list[Action]:
         """The stream is closing: end the utterance in progress, if any."""

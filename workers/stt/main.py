@@ -30,6 +30,7 @@ from fleet.contracts import (
     SpeechStarted,
     TranscriptFinal,
     TranscriptPartial,
+    TranscriptTentative,
 )
 from fleet.inbox import KeyedInbox
 from fleet.tasks import cancel_and_wait
@@ -42,6 +43,7 @@ from workers.stt.transcriber import (
     StreamingTranscriber,
     SttEngines,
     SttEvent,
+    TentativeTranscript,
 )
 
 log = structlog.get_logger(__name__)
@@ -271,6 +273,8 @@ class SttWorker:
                 await bus.publish(SpeechStarted(session_id, event.voiced / INPUT_SAMPLE_RATE))
             elif isinstance(event, PartialTranscript):
                 await bus.publish(TranscriptPartial(session_id, event.text, event.logprob))
+            elif isinstance(event, TentativeTranscript):
+                await bus.publish(TranscriptTentative(session_id, event.text, event.logprob))
             elif isinstance(event, FinalTranscript):
                 await bus.publish(
                     TranscriptFinal(session_id, event.text, event.upto_seq, event.logprob)

@@ -32,6 +32,7 @@ from workers.stt.endpointing import (
     Endpointer,
     EndTurn,
     Partial,
+    Speculate,
     StartSpeech,
 )
 from workers.stt.engines import (
@@ -82,8 +83,16 @@ class FinalTranscript:
     logprob: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class TentativeTranscript:
+    """What the final will say if the user, now pausing, does not go on (see Speculate)."""
+
+    text: str
+    logprob: float = 0.0
+
+
 # The endpointer's StartSpeech is passed on as it is: nothing needs adding to it.
-SttEvent = StartSpeech | PartialTranscript | FinalTranscript
+SttEvent = StartSpeech | PartialTranscript | TentativeTranscript | FinalTranscript
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +244,21 @@ class StreamingTranscriber:
                 events: list[SttEvent] = []
                 for follow_up in self._endpointer.turn_result(prob):
                     events += await self._apply(follow_up)
+                return events
+            case Speculate():
+                # Waiting here delays nothing: partials wait for the commits anyway, and so
+                # would the final.
+                if self._commits is not None:
+                    await self._commits
+                # A partial decoded before the pause goes out before the tentative, so that any
+                # partial after it is of new speech (as _finish_utterance keeps them before the
+                # final).
+                if self._partial is not None:
+                    await asyncio.wait([self._partial])
+                events = self._ready_partial()
+                heard = self._committed
+                if _WORDLIKE.search(heard.text):
+                    events.append(TentativeTranscript(heard.text, heard.logprob))
                 return events
             case EndTurn(start, end):
                 silence = (
