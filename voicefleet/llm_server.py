@@ -59,6 +59,9 @@ def server_argv(port: int, host: str = "127.0.0.1", settings: Settings | None = 
         "--parallel", str(slots),
         "--ctx-size", str(SLOT_CONTEXT_TOKENS * slots),
         "--threads", str(settings.llm_server_threads),
+        # The sampling the earlier server (llama-cpp-python's) used: without a repeat penalty this
+        # small model loops on a phrase ("le Grand-Bien-Souffrac, le Grand-Bien-Souffrac, ...").
+        "--repeat-penalty", "1.1",
         # The chat template the model ships in its GGUF, as its authors wrote it.
         "--jinja",
         # Only the OpenAI API: no browser UI, and no /slots, which would show any caller the
