@@ -11,6 +11,7 @@ import pytest
 
 from tests.fleet_processes import Fleet
 from tests.speech import pcm, silence, speech, words
+from tests.voice_turns import audio_between
 from voicefleet.client import Received, VoiceClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -42,11 +43,7 @@ async def whole_reply(client: VoiceClient, final: Received) -> tuple[int, bytes]
     start = await client.wait_for("audio_start", timeout=120, after=client.index_of(final))
     turn = int(start.fields["turn"])
     end = await client.wait_for("audio_end", timeout=180, turn=turn)
-    audio = b"".join(
-        r.data
-        for r in client.received[client.index_of(start) : client.index_of(end)]
-        if r.kind == "audio" and isinstance(r.data, bytes)
-    )
+    audio = audio_between(client, start, end)
     return turn, audio
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from tests.multihost.conftest import FOLLOW_UP, QUESTION, WORKER_HEARTBEAT_S, MultiHostFleet
 from tests.speech import pcm, silence, speech, words
+from tests.voice_turns import audio_between
 from voicefleet.client import Received, VoiceClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -52,11 +53,7 @@ async def _full_turn(client: VoiceClient, after: int) -> tuple[dict[str, object]
     assert isinstance(final.data, dict) and isinstance(start.data, dict)
     turn = int(start.data["turn"])
     end = await client.wait_for("audio_end", timeout=90, turn=turn)
-    audio = b"".join(
-        r.data
-        for r in client.received[client.index_of(start) : client.index_of(end)]
-        if r.kind == "audio" and isinstance(r.data, bytes)
-    )
+    audio = audio_between(client, start, end)
     return final.data, turn, audio
 
 
