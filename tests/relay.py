@@ -20,6 +20,7 @@ from typing import Any
 
 _HEADER_END = b"\r\n\r\n"
 _EVENT_END = re.compile(rb"\n\n(?:\r\n)?")
+_REQUEST_LINE = re.compile(rb"[A-Z]+ /")
 _CONTENT = re.compile(rb'"content"\s*:\s*("(?:[^"\\]|\\.)*")')
 # A sentence end and the start of two more words: enough for any sentence cutter to let it go.
 _FIRST_SENTENCE_PASSED = re.compile(r"[.!?][\"')\]]*\s+\S+\s+\S")
@@ -29,6 +30,9 @@ class Relay:
     upstream: tuple[str, int]  # where new connections go (may be changed at any time)
     whole_replies: bool = False  # hold each response until it is complete (may be changed)
     hold_after_first_sentence: bool = False  # see the module's docstring (may be changed)
+    # The next request on a kept-alive connection closes it unanswered, as a server closing an
+    # idle connection just as the request arrives does (may be changed; cleared when done).
+    close_next_reused: bool = False
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
@@ -126,6 +130,9 @@ class Relay:
             while data := source.recv(65536):
                 if keep is not None:
                     with self._lock:
+                        if self.close_next_reused and keep and _REQUEST_LINE.match(data):
+                            self.close_next_reused = False
+                            return
                         keep.extend(data)
                 sink.sendall(data)
         except OSError:

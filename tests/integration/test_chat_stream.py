@@ -12,6 +12,7 @@ from contextlib import aclosing
 import httpx
 import pytest
 
+from tests.relay import Relay
 from tests.role_processes import local_chat_server
 from workers.llm_bridge.chat import ChatError, OpenAICompatibleChat
 
@@ -62,7 +63,9 @@ async def test_stream_yields_deltas_of_a_reply(chat: OpenAICompatibleChat) -> No
     assert first_token[0] > 0.0
 
 
-COUNTING = [{"role": "user", "content": "Count from 1 to 500, separated by commas."}]
+# Runs to max_tokens: a thousand tokens (counting does not: with the server's repeat penalty,
+# SmolLM2 stops counting after a few numbers).
+LONG_STORY = [{"role": "user", "content": "Tell me a long story about a knight and a dragon."}]
 HELLO = [SYSTEM, {"role": "user", "content": "Say hello."}]
 
 
@@ -76,6 +79,7 @@ async def _pace(stream: AsyncIterator[str]) -> float:
         read += 1
         if read == PACE_PIECES:
             break
+    assert read == PACE_PIECES, f"the reply ended after {read} pieces"
     return (time.perf_counter() - first_at) / (PACE_PIECES - 1)
 
 
@@ -91,7 +95,7 @@ async def test_closing_early_frees_the_server(one_slot_llm_url: str) -> None:
     # time, so the next request is answered before the rest of this one could have been
     # generated only if closing the stream really stopped it.
     async with OpenAICompatibleChat(one_slot_llm_url, "smollm2", "none", timeout=30.0) as chat:
-        async with aclosing(chat.stream(COUNTING, max_tokens=1000, temperature=0.0)) as stream:
+        async with aclosing(chat.stream(LONG_STORY, max_tokens=1000, temperature=0.0)) as stream:
             seconds_per_piece = await _pace(stream)
         answered_s = await _answer_s(chat)
     rest_of_it_s = (1000 - PACE_PIECES) * seconds_per_piece
@@ -103,11 +107,26 @@ async def test_a_reply_does_not_wait_for_another_users_long_reply(
 ) -> None:
     # The long reply stays open and generating while a second user asks: a server that answers
     # one request at a time would answer only after the rest of the long one.
-    async with aclosing(chat.stream(COUNTING, max_tokens=1000, temperature=0.0)) as stream:
+    async with aclosing(chat.stream(LONG_STORY, max_tokens=1000, temperature=0.0)) as stream:
         seconds_per_piece = await _pace(stream)
         answered_s = await _answer_s(chat)
         rest_of_it_s = (1000 - PACE_PIECES) * seconds_per_piece
         assert answered_s < rest_of_it_s / 4, (answered_s, rest_of_it_s)
+
+
+async def test_a_request_on_a_connection_the_server_closed_is_sent_again(llm_url: str) -> None:
+    # The server closes the pooled connection as the next request arrives on it, unanswered.
+    relay = Relay("127.0.0.1", httpx.URL(llm_url).port or 80)
+    relay.start()
+    try:
+        async with OpenAICompatibleChat(relay.url, "smollm2", "none", timeout=30.0) as chat:
+            await _answer_s(chat)
+            relay.close_next_reused = True
+            await _answer_s(chat)
+    finally:
+        relay.stop()
+    assert not relay.close_next_reused, "the second request went out on a new connection"
+    assert len(relay.chat_messages()) == 2
 
 
 def test_chat_server_shows_no_conversations_in_flight_and_no_page(llm_url: str) -> None:

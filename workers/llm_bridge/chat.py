@@ -123,7 +123,8 @@ class OpenAICompatibleChat:
         started = time.perf_counter()
         first = True
         try:
-            async with self._client.stream("POST", self._url, json=body) as response:
+            response = await self._send(body)
+            try:
                 if response.status_code >= 400:
                     raise await self._status_error(response)
                 async for line in response.aiter_lines():
@@ -137,6 +138,8 @@ class OpenAICompatibleChat:
                         if on_first_token is not None:
                             on_first_token(time.perf_counter() - started)
                     yield delta
+            finally:
+                await response.aclose()
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ChatError(f"chat server unreachable at {self._url}: {_describe(exc)}") from exc
         except httpx.TimeoutException as exc:
@@ -145,6 +148,18 @@ class OpenAICompatibleChat:
             ) from exc
         except httpx.HTTPError as exc:
             raise ChatError(f"chat stream from {self._url} broke: {_describe(exc)}") from exc
+
+    async def _send(self, body: dict[str, object]) -> httpx.Response:
+        """The response to ``body``, its headers read. Sent again, once, on a new connection when
+        the server closed the one it went out on without answering: servers close kept-alive
+        connections that sat idle (llama-server and uvicorn after 5 s, as httpx's pool expires
+        them), and a request can leave on one just as its close is under way. The server read
+        none of it, or dropped it with the connection, so sending it again costs nothing."""
+        request = self._client.build_request("POST", self._url, json=body)
+        try:
+            return await self._client.send(request, stream=True)
+        except httpx.RemoteProtocolError:
+            return await self._client.send(request, stream=True)
 
     def _delta(self, line: str) -> str:
         """The text of one SSE line; empty for comments, keep-alives, role-only chunks, [DONE]."""
