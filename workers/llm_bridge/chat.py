@@ -150,11 +150,12 @@ class OpenAICompatibleChat:
             raise ChatError(f"chat stream from {self._url} broke: {_describe(exc)}") from exc
 
     async def _send(self, body: dict[str, object]) -> httpx.Response:
-        """The response to ``body``, its headers read. Sent again, once, on a new connection when
-        the server closed the one it went out on without answering: servers close kept-alive
-        connections that sat idle (llama-server and uvicorn after 5 s, as httpx's pool expires
-        them), and a request can leave on one just as its close is under way. The server read
-        none of it, or dropped it with the connection, so sending it again costs nothing."""
+        """The response to ``body``, its headers read. Sent again, once, when the server closed
+        the connection it went out on without answering (the pool then gives it another, or a
+        new one): servers close kept-alive connections that sat idle (llama-server and uvicorn
+        after 5 s, as httpx's pool expires them), and a request can leave on one just as its
+        close is under way. The server read none of it, or dropped it with the connection, so
+        sending it again costs nothing."""
         request = self._client.build_request("POST", self._url, json=body)
         try:
             return await self._client.send(request, stream=True)
