@@ -30,9 +30,9 @@ class Relay:
     upstream: tuple[str, int]  # where new connections go (may be changed at any time)
     whole_replies: bool = False  # hold each response until it is complete (may be changed)
     hold_after_first_sentence: bool = False  # see the module's docstring (may be changed)
-    # The next request on a kept-alive connection closes it unanswered, as a server closing an
-    # idle connection just as the request arrives does (may be changed; cleared when done).
-    close_next_reused: bool = False
+    # The next request is dropped unanswered and its connection closed, as a server closing a
+    # connection just as a request arrives on it does (may be changed; cleared when done).
+    drop_next_request: bool = False
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
@@ -130,8 +130,8 @@ class Relay:
             while data := source.recv(65536):
                 if keep is not None:
                     with self._lock:
-                        if self.close_next_reused and keep and _REQUEST_LINE.match(data):
-                            self.close_next_reused = False
+                        if self.drop_next_request and _REQUEST_LINE.match(data):
+                            self.drop_next_request = False
                             return
                         keep.extend(data)
                 sink.sendall(data)

@@ -115,18 +115,21 @@ async def test_a_reply_does_not_wait_for_another_users_long_reply(
 
 
 async def test_a_request_on_a_connection_the_server_closed_is_sent_again(llm_url: str) -> None:
-    # The server closes the pooled connection as the next request arrives on it, unanswered.
+    # The server closes the connection the second request arrives on, unanswered. Whether that
+    # connection is the first one, reused, or a new one is up to a race: llama-server closes its
+    # end after each streamed reply, and the pool may take the connection back before the close
+    # reaches it.
     relay = Relay("127.0.0.1", httpx.URL(llm_url).port or 80)
     relay.start()
     try:
         async with OpenAICompatibleChat(relay.url, "smollm2", "none", timeout=30.0) as chat:
             await _answer_s(chat)
-            relay.close_next_reused = True
+            relay.drop_next_request = True
             await _answer_s(chat)
     finally:
         relay.stop()
-    assert not relay.close_next_reused, "the second request went out on a new connection"
-    assert len(relay.chat_messages()) == 2
+    assert not relay.drop_next_request, "no request was dropped"
+    assert len(relay.chat_messages()) == 2  # the first, and the second sent again
 
 
 def test_chat_server_shows_no_conversations_in_flight_and_no_page(llm_url: str) -> None:

@@ -15,10 +15,12 @@ import pytest
 
 from fleet.model_paths import kokoro_locations
 from fleet.settings import Settings
+from tests.relay import Relay
 from tests.role_processes import logged
 from tests.tts_provider_servers import ProviderServer, provider_server
 from workers.tts.providers import SpeechSynthesizer, create_synthesizer
 from workers.tts.providers.openai_speech import OpenAISpeechSynthesizer
+from workers.tts.providers.remote import from_settings as remote_provider
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -215,3 +217,25 @@ async def test_the_openai_provider_streams_from_the_server(
                 pass
     finally:
         await provider.aclose()
+
+
+async def test_a_sentence_whose_connection_the_server_closed_is_sent_again(
+    server: ProviderServer, reference: bytes
+) -> None:
+    # The server closes the connection the second sentence arrives on, unanswered, as a server
+    # closing an idle kept-alive connection just as a request arrives on it does.
+    relay = Relay("127.0.0.1", httpx.URL(server.url).port or 80)
+    relay.start()
+    provider = remote_provider(Settings(tts_provider_url=f"http://127.0.0.1:{relay.port}"))
+
+    async def speak() -> bytes:
+        return b"".join([pcm async for pcm in provider.stream(SENTENCE, "af_heart")])
+
+    try:
+        assert await speak() == reference
+        relay.drop_next_request = True
+        assert await speak() == reference
+    finally:
+        await provider.aclose()
+        relay.stop()
+    assert not relay.drop_next_request, "no request was dropped"

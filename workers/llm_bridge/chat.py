@@ -23,6 +23,8 @@ from typing import Any, Protocol, Self
 
 import httpx
 
+from fleet.http_client import streamed
+
 # A server that does not accept a connection within this is down for our purposes, whatever the
 # (much longer) read timeout allows for a busy server to start answering.
 _CONNECT_TIMEOUT_S = 5.0
@@ -123,8 +125,7 @@ class OpenAICompatibleChat:
         started = time.perf_counter()
         first = True
         try:
-            response = await self._send(body)
-            try:
+            async with streamed(self._client, "POST", self._url, json=body) as response:
                 if response.status_code >= 400:
                     raise await self._status_error(response)
                 async for line in response.aiter_lines():
@@ -138,8 +139,6 @@ class OpenAICompatibleChat:
                         if on_first_token is not None:
                             on_first_token(time.perf_counter() - started)
                     yield delta
-            finally:
-                await response.aclose()
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ChatError(f"chat server unreachable at {self._url}: {_describe(exc)}") from exc
         except httpx.TimeoutException as exc:
@@ -148,19 +147,6 @@ class OpenAICompatibleChat:
             ) from exc
         except httpx.HTTPError as exc:
             raise ChatError(f"chat stream from {self._url} broke: {_describe(exc)}") from exc
-
-    async def _send(self, body: dict[str, object]) -> httpx.Response:
-        """The response to ``body``, its headers read. Sent again, once, when the server closed
-        the connection it went out on without answering (the pool then gives it another, or a
-        new one): servers close kept-alive connections that sat idle (llama-server and uvicorn
-        after 5 s, as httpx's pool expires them), and a request can leave on one just as its
-        close is under way. The server read none of it, or dropped it with the connection, so
-        sending it again costs nothing."""
-        request = self._client.build_request("POST", self._url, json=body)
-        try:
-            return await self._client.send(request, stream=True)
-        except httpx.RemoteProtocolError:
-            return await self._client.send(request, stream=True)
 
     def _delta(self, line: str) -> str:
         """The text of one SSE line; empty for comments, keep-alives, role-only chunks, [DONE]."""

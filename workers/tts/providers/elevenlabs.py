@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from fleet.audio import OUTPUT_SAMPLE_RATE, whole_samples
+from fleet.http_client import streamed
 from fleet.settings import Settings
 from workers.tts.providers.base import ProviderUnavailable
 
@@ -42,7 +43,8 @@ class ElevenLabsSynthesizer:
         if not text.strip():
             raise ValueError("nothing to say: the text is empty")
         try:
-            async with self._client.stream(
+            async with streamed(
+                self._client,
                 "POST",
                 f"{self.url}/v1/text-to-speech/{self.voice_for(voice)}/stream",
                 params={"output_format": OUTPUT_FORMAT},

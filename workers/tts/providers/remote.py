@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from fleet.audio import whole_samples
+from fleet.http_client import streamed
 from fleet.settings import Settings
 from workers.tts.providers.base import ProviderUnavailable
 from workers.tts.providers.versions import IncompatibleProvider, VersionRange
@@ -84,8 +85,8 @@ class RemoteSynthesizer:
         if not self._connected:
             await self.connect()
         try:
-            async with self._client.stream(
-                "POST", f"{self.url}/tts/stream", json={"text": text, "voice": voice}
+            async with streamed(
+                self._client, "POST", f"{self.url}/tts/stream", json={"text": text, "voice": voice}
             ) as response:
                 if response.status_code in (400, 422):
                     await response.aread()
